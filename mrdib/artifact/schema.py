@@ -1,0 +1,136 @@
+"""Manifest schema of a model artifact: one pydantic model, used by the writer and the reader.
+
+Bump SCHEMA_VERSION whenever a field or file changes meaning; readers refuse any other
+version rather than guess.
+
+Layout of one artifact directory (file names are fixed here, nowhere else)::
+
+    manifest.json          this model, serialised
+    item_vectors.npy       float32 [n_items, d]   score(u, i) = <user_vector, item_vector>
+    user_vectors.npy       float32 [n_users, d]
+    item_components.npy    float32 [n_components, n_items, d], summing to item_vectors
+    item_ids.json          list[str], external item id of each row
+    user_ids.json          list[str], external user id of each row
+    item_popularity.npy    int64 [n_items] training interaction counts
+    train_csr.npz          indptr/indices of the user x item training matrix (no pickle)
+    user_tower.onnx        history (item rows, padded) -> user vector
+    item_tower.onnx        modality features -> item vector (cold-start items)
+    index_ip.faiss         inner-product index over item_vectors (recommendations)
+    index_cos.faiss        cosine index over normalised item_vectors (similar items)
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+ITEM_VECTORS = "item_vectors.npy"
+USER_VECTORS = "user_vectors.npy"
+ITEM_COMPONENTS = "item_components.npy"
+ITEM_IDS = "item_ids.json"
+USER_IDS = "user_ids.json"
+ITEM_POPULARITY = "item_popularity.npy"
+TRAIN_CSR = "train_csr.npz"
+USER_TOWER = "user_tower.onnx"
+ITEM_TOWER = "item_tower.onnx"
+INDEX_IP = "index_ip.faiss"
+INDEX_COS = "index_cos.faiss"
+
+REQUIRED_FILES = (
+    ITEM_VECTORS,
+    USER_VECTORS,
+    ITEM_COMPONENTS,
+    ITEM_IDS,
+    USER_IDS,
+    ITEM_POPULARITY,
+    TRAIN_CSR,
+    USER_TOWER,
+    ITEM_TOWER,
+    INDEX_IP,
+    INDEX_COS,
+)
+
+# Name pattern of a model version id (also the directory name under the artifacts root).
+VERSION_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
+
+
+class ArtifactError(Exception):
+    """An artifact is missing, corrupt, partial or of an unknown schema. The message says which file."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FileEntry(_Strict):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+
+
+class ModalitySpec(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    dim: int = Field(ge=1)
+
+
+class IndexSpec(_Strict):
+    """How a FAISS index was built and how good it is against exact search."""
+
+    file: str
+    factory: str
+    metric: Literal["ip", "cosine"]
+    recall_at_k: float | None = Field(default=None, ge=0.0, le=1.0)
+    recall_k: int = Field(default=20, ge=1)
+    search_params: dict[str, int | float] = Field(default_factory=dict)
+
+
+class Manifest(_Strict):
+    schema_version: int
+    model_version: str
+    created_at: datetime
+    backbone: str
+    mrdib: dict | None = Field(default=None, description="MRdIB plug-in config; None when trained without it")
+    training_config: dict = Field(default_factory=dict)
+    modalities: list[ModalitySpec]
+    embedding_dim: int = Field(ge=1)
+    n_users: int = Field(ge=0)
+    n_items: int = Field(ge=1)
+    n_train_interactions: int = Field(ge=0)
+    max_history: int = Field(ge=1, description="user tower history length cap (most recent first)")
+    components: list[str] = Field(
+        min_length=1,
+        description="names of the rows of item_components.npy, e.g. collaborative, shared, unique:text, synergy",
+    )
+    metrics: dict[str, dict[str, float]] = Field(default_factory=dict, description="split -> metric -> value")
+    tower_metrics: dict[str, float] = Field(default_factory=dict)
+    data_fingerprint: str
+    indexes: dict[Literal["ip", "cosine"], IndexSpec]
+    quality_gate: dict | None = None
+    files: dict[str, FileEntry]
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_schema(cls, v: int) -> int:
+        if v != SCHEMA_VERSION:
+            raise ValueError(f"unknown artifact schema version {v}; this code reads version {SCHEMA_VERSION}")
+        return v
+
+    @field_validator("model_version")
+    @classmethod
+    def _version_format(cls, v: str) -> str:
+        if not VERSION_RE.match(v):
+            raise ValueError(f"model_version {v!r} does not match {VERSION_RE.pattern}")
+        return v
+
+    @field_validator("files")
+    @classmethod
+    def _all_files_listed(cls, v: dict[str, FileEntry]) -> dict[str, FileEntry]:
+        missing = [f for f in REQUIRED_FILES if f not in v]
+        if missing:
+            raise ValueError(f"manifest lists no checksum for {missing}")
+        return v

@@ -1,0 +1,1 @@
+"""Offline half of MRdIB: data, models, training, evaluation and export."""

@@ -1,0 +1,121 @@
+"""The one in-memory dataset type every loader produces and every model consumes.
+
+Internal ids are dense 0-based rows (user row u, item row i); external ids are strings
+kept only for the id maps, so that the artifact can translate back to the shop's ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+TRAIN, VALID, TEST = 0, 1, 2
+SPLIT_NAMES = {TRAIN: "train", VALID: "valid", TEST: "test"}
+
+
+class DataError(ValueError):
+    """Invalid input data. The message names the file (and line, where known) and the problem."""
+
+
+@dataclass(frozen=True)
+class InteractionDataset:
+    """Implicit-feedback interactions plus per-modality item features.
+
+    Attributes
+    ----------
+    name:
+        Dataset name (the MMRec `<name>.inter` stem, or a loader's choice).
+    users, items:
+        int64 [n] internal user/item rows of each interaction.
+    timestamps:
+        int64 [n] unix seconds (0 where the source has none).
+    splits:
+        int8 [n] with values TRAIN (0), VALID (1), TEST (2).
+    user_ids, item_ids:
+        External ids as strings; index = internal row.
+    features:
+        modality name -> float32 [n_items, d_m]; row i belongs to item row i.
+    warnings:
+        Human-readable notes from loading (dropped duplicates, dropped users, ...).
+    """
+
+    name: str
+    users: np.ndarray
+    items: np.ndarray
+    timestamps: np.ndarray
+    splits: np.ndarray
+    user_ids: list[str]
+    item_ids: list[str]
+    features: dict[str, np.ndarray]
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = len(self.users)
+        for attr in ("items", "timestamps", "splits"):
+            if len(getattr(self, attr)) != n:
+                raise ValueError(f"{attr} has {len(getattr(self, attr))} rows, users has {n}")
+        if not self.features:
+            raise ValueError("at least one modality is required")
+        for m, x in self.features.items():
+            if x.dtype != np.float32 or x.ndim != 2 or x.shape[0] != self.n_items:
+                raise ValueError(f"features[{m!r}] must be float32 [{self.n_items}, d], got {x.dtype} {x.shape}")
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.features)
+
+    @property
+    def feature_dims(self) -> dict[str, int]:
+        return {m: int(x.shape[1]) for m, x in self.features.items()}
+
+    def split_pairs(self, split: int) -> tuple[np.ndarray, np.ndarray]:
+        """(user rows, item rows) of one split."""
+        mask = self.splits == split
+        return self.users[mask], self.items[mask]
+
+    def csr(self, split: int | tuple[int, ...] = TRAIN) -> sp.csr_matrix:
+        """Binary user x item matrix of one or several splits (float32 CSR, sorted indices)."""
+        splits = (split,) if isinstance(split, int) else split
+        mask = np.isin(self.splits, splits)
+        m = sp.csr_matrix(
+            (np.ones(int(mask.sum()), dtype=np.float32), (self.users[mask], self.items[mask])),
+            shape=(self.n_users, self.n_items),
+        )
+        m.sum_duplicates()
+        m.data[:] = 1.0
+        m.sort_indices()
+        return m
+
+    def train_csr(self) -> sp.csr_matrix:
+        return self.csr(TRAIN)
+
+    def item_popularity(self) -> np.ndarray:
+        """int64 [n_items] training interaction counts."""
+        u, i = self.split_pairs(TRAIN)
+        return np.bincount(i, minlength=self.n_items).astype(np.int64)
+
+    def counts(self) -> dict[str, int]:
+        return {SPLIT_NAMES[s]: int((self.splits == s).sum()) for s in (TRAIN, VALID, TEST)}
+
+    def fingerprint(self) -> str:
+        """sha256 over interactions, splits, ids and features: identifies the exact training data."""
+        h = hashlib.sha256()
+        for arr in (self.users, self.items, self.timestamps, self.splits):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        h.update("\n".join(self.user_ids).encode())
+        h.update("\n".join(self.item_ids).encode())
+        for m in sorted(self.features):
+            h.update(m.encode())
+            h.update(np.ascontiguousarray(self.features[m]).tobytes())
+        return h.hexdigest()

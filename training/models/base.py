@@ -1,0 +1,74 @@
+"""The small interface every backbone implements, and what it is given.
+
+Contract (shared by the backbones, the MRdIB plug-in, the trainer and the exporter):
+
+- A backbone is built from a `ModelContext` (sizes, training interactions, item features,
+  device) and a `BackboneConfig`.
+- `propagate()` returns the full user and item representations (U [n_users, d],
+  I [n_items, d]) for the current parameters: a lookup for MF models, graph propagation for
+  graph models. It is called once per training step and once before evaluation.
+- `loss(users, pos, neg, user_emb, item_emb)` returns the backbone's own loss terms as a
+  dict of scalar tensors (at least "bpr"; also "reg" and model-specific terms). The caller
+  sums them. `item_emb` may already include the MRdIB content vector (added at the output).
+- `on_epoch_start(epoch)` lets a model resample per-epoch structure (FREEDOM's degree-
+  sensitive edge pruning) without the trainer knowing about it.
+- Scores are always <U[u], I[i]>.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from training.config import BackboneConfig
+from training.data.dataset import TRAIN, InteractionDataset
+
+
+@dataclass
+class ModelContext:
+    """Everything a model may know about the data. Tensors live on `device`."""
+
+    n_users: int
+    n_items: int
+    train_users: Tensor  # int64 [n_train]
+    train_items: Tensor  # int64 [n_train]
+    features: dict[str, Tensor]  # modality -> float32 [n_items, d_m]
+    device: torch.device
+
+    @classmethod
+    def from_dataset(cls, ds: InteractionDataset, device: torch.device | str = "cpu") -> ModelContext:
+        device = torch.device(device)
+        u, i = ds.split_pairs(TRAIN)
+        return cls(
+            n_users=ds.n_users,
+            n_items=ds.n_items,
+            train_users=torch.as_tensor(np.asarray(u, dtype=np.int64), device=device),
+            train_items=torch.as_tensor(np.asarray(i, dtype=np.int64), device=device),
+            features={m: torch.as_tensor(x, device=device) for m, x in ds.features.items()},
+            device=device,
+        )
+
+
+class Backbone(nn.Module):
+    """Base class of all backbones. See the module docstring for the contract."""
+
+    name: str = "base"
+    uses_features: bool = False
+
+    def __init__(self, ctx: ModelContext, cfg: BackboneConfig) -> None:
+        super().__init__()
+        self.n_users, self.n_items = ctx.n_users, ctx.n_items
+        self.cfg = cfg
+        self.dim = cfg.embedding_dim
+
+    def propagate(self) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def loss(self, users: Tensor, pos: Tensor, neg: Tensor, user_emb: Tensor, item_emb: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int) -> None:  # noqa: B027 - optional hook
+        pass
