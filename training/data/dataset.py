@@ -102,7 +102,7 @@ class InteractionDataset:
 
     def item_popularity(self) -> np.ndarray:
         """int64 [n_items] training interaction counts."""
-        u, i = self.split_pairs(TRAIN)
+        _, i = self.split_pairs(TRAIN)
         return np.bincount(i, minlength=self.n_items).astype(np.int64)
 
     def counts(self) -> dict[str, int]:

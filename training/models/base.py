@@ -70,5 +70,5 @@ class Backbone(nn.Module):
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor, user_emb: Tensor, item_emb: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError
 
-    def on_epoch_start(self, epoch: int) -> None:  # noqa: B027 - optional hook
+    def on_epoch_start(self, epoch: int) -> None:
         pass
