@@ -1,0 +1,37 @@
+"""Fixtures shared by the whole suite: where the shared data lives, a Redis URL, torch thread limits."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path | None:
+    """../shared/data beside the checkout (present on the project's machines, absent elsewhere)."""
+    env = os.environ.get("MRDIB_SHARED_DATA")
+    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
+        if cand.is_dir():
+            return cand
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    d = shared_data_dir()
+    if d is None:
+        pytest.skip("shared data (../shared/data) not available on this machine")
+    return d
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Two cores shared by everything: keep torch from oversubscribing them in tests.
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
