@@ -11,3 +11,15 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="MRdIB multim
 from training.data.cli import app as data_app  # noqa: E402
 
 app.add_typer(data_app, name="data", help="Generate, load and inspect datasets.")
+from training.baseline_cli import baseline_cmd  # noqa: E402
+
+app.command("baseline")(baseline_cmd)
+from training.train_cli import register as register_train  # noqa: E402
+
+register_train(app)
+from service.cli import serve  # noqa: E402
+
+app.command("serve")(serve)
+from training.retrain import retrain_command  # noqa: E402
+
+app.command("retrain")(retrain_command)

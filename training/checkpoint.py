@@ -6,6 +6,12 @@
       metrics.json             best-validation epoch: {"best_epoch", "valid": {...}, "test": {...}, ...}
       model.safetensors        state dict of the best-validation model (resume / fine-tune)
       embeddings.safetensors   "user" [U, d], "item" [I, d], "component.<name>" [I, d] (sum = item)
+      metrics.jsonl            one JSON line per epoch: loss terms, validation metrics, seconds
+      curves.png               loss and validation curves
+      resume/                  last finished epoch, for `mrdib train --resume DIR`:
+        model.safetensors        state dict after that epoch (not the best one)
+        optimizer.safetensors    every optimiser's state, flattened (see save_optimizers)
+        state.json               {"epoch", "best_epoch", "best_valid", "bad_epochs", ...}
 
 Safe formats only: safetensors for tensors, JSON for the rest; nothing here is unpickled.
 """
@@ -23,6 +29,11 @@ MODEL = "model.safetensors"
 CONFIG = "config.json"
 DATASET = "dataset.json"
 METRICS = "metrics.json"
+HISTORY = "metrics.jsonl"
+CURVES = "curves.png"
+RESUME = "resume"
+OPTIMIZER = "optimizer.safetensors"
+STATE = "state.json"
 
 
 @dataclass(frozen=True)
@@ -68,3 +79,101 @@ def write_json(directory: Path, name: str, data: dict) -> None:
 
 def read_json(directory: Path, name: str) -> dict:
     return json.loads((Path(directory) / name).read_text(encoding="utf-8"))
+
+
+# --- model and optimiser state (additive: used by the trainer for best-model and resume files) ---
+
+
+def save_state_dict(path: Path, state: dict, metadata: dict[str, str] | None = None) -> Path:
+    """Write a torch state dict as safetensors.
+
+    Sparse tensors (graph adjacencies some backbones keep as buffers) cannot be stored in
+    safetensors; they are derived from the data, so they are skipped and their names recorded
+    in the metadata, which `load_state_dict` uses to tell "skipped on purpose" from "missing".
+    Tensors are cloned so that tied/shared storages do not trip safetensors' aliasing check.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    tensors, skipped = {}, []
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        if v.layout != torch.strided:
+            skipped.append(k)
+            continue
+        tensors[k] = v.detach().to("cpu").contiguous().clone()
+    meta = {"skipped": json.dumps(skipped), **(metadata or {})}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)  # atomic: a crash mid-write never leaves a truncated checkpoint
+    return path
+
+
+def load_state_dict(path: Path, module, device=None) -> None:
+    """Load a safetensors state dict written by `save_state_dict` into `module` (strict by name)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no model state in this checkpoint")
+    with safe_open(str(path), framework="pt", device=str(device or "cpu")) as f:
+        skipped = set(json.loads((f.metadata() or {}).get("skipped", "[]")))
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in skipped]
+    if missing or unexpected:
+        raise ValueError(f"{path}: state does not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+
+
+def save_optimizers(path: Path, optimizers: dict) -> Path:
+    """Flatten several optimisers' state dicts into one safetensors file.
+
+    Tensor entries become "<name>.state.<param index>.<key>"; everything that is not a tensor
+    (param_groups with lr/betas/..., scalar state) goes to the JSON metadata. No pickle involved.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    tensors, meta = {}, {}
+    for name, opt in optimizers.items():
+        sd = opt.state_dict()
+        scalars: dict[str, dict[str, object]] = {}
+        for idx, st in sd["state"].items():
+            for key, val in st.items():
+                if isinstance(val, torch.Tensor):
+                    tensors[f"{name}.state.{idx}.{key}"] = val.detach().to("cpu").contiguous().clone()
+                else:
+                    scalars.setdefault(str(idx), {})[key] = val
+        meta[name] = json.dumps({"param_groups": sd["param_groups"], "scalars": scalars})
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+def load_optimizers(path: Path, optimizers: dict) -> None:
+    """Restore optimisers saved by `save_optimizers` (same names, same parameter order)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no optimiser state in this checkpoint")
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        meta = f.metadata() or {}
+        flat = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    for name, opt in optimizers.items():
+        if name not in meta:
+            raise ValueError(f"{path}: no state for optimiser {name!r} (has {sorted(meta)})")
+        info = json.loads(meta[name])
+        state: dict[int, dict[str, object]] = {}
+        prefix = f"{name}.state."
+        for k, v in flat.items():
+            if k.startswith(prefix):
+                idx, key = k[len(prefix) :].split(".", 1)
+                state.setdefault(int(idx), {})[key] = v
+        for idx, sc in info["scalars"].items():
+            state.setdefault(int(idx), {}).update(sc)
+        opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})

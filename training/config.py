@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-BackboneName = Literal["bpr", "lightgcn", "vbpr", "freedom", "lgmrec"]
+BackboneName = Literal["bpr", "lightgcn", "vbpr", "freedom", "mgcn"]
 
 
 class _Cfg(BaseModel):
@@ -51,6 +51,12 @@ class MRdIBConfig(_Cfg):
     club_lr: float = Field(1e-3, gt=0.0)
     redundancy_estimator: Literal["club", "hsic", "dcor"] = "club"
     synergy_mask: Literal["zero", "noise"] = "zero"
+    latent_dim: int = Field(64, ge=1, description="size of each modality's bottleneck code z_m")
+    club_hidden_dim: int = Field(64, ge=1, description="hidden width of each CLUB variational network q(y|x)")
+    dependence_weight: float = Field(1.0, ge=0.0, description="weight of the u-s / u-u dependence penalty in L_red")
+    contrastive_max: int = Field(
+        512, ge=2, description="in-batch rows used by InfoNCE / HSIC / dCor terms (random subset; caps O(n^2) cost)"
+    )
 
 
 class TrainConfig(_Cfg):
@@ -69,6 +75,7 @@ class TrainConfig(_Cfg):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(False, description="bf16 autocast on CUDA; ignored on CPU")
     eval_batch_users: int = Field(4096, ge=1)
+    threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = CPU cores / local DDP ranks")
     out: str | None = None
 
 

@@ -73,6 +73,15 @@ def find_feature_files(path: Path, modality_map: dict[str, str] | None = None) -
 def load_features(f: Path, modality: str) -> np.ndarray:
     """One modality's item features as float32 [n_items, d]; never unpickles."""
     try:
+        with f.open("rb") as fh:
+            magic = fh.read(6)
+    except OSError as e:
+        raise DataError(f"{f}: cannot read: {e.strerror or e}") from None
+    if magic.startswith(b"PK"):
+        raise DataError(f"{f}: is an .npz archive, expected a single .npy array")
+    if magic != b"\x93NUMPY":
+        raise DataError(f"{f}: not a .npy file (no NumPy header); save features with np.save")
+    try:
         x = np.load(f, allow_pickle=False)
     except ValueError as e:
         if "allow_pickle" in str(e) or "Object arrays" in str(e):
@@ -83,10 +92,6 @@ def load_features(f: Path, modality: str) -> np.ndarray:
         raise DataError(f"{f}: not a valid .npy file: {e}") from None
     except (OSError, EOFError) as e:
         raise DataError(f"{f}: not a readable .npy file: {e}") from None
-    if not isinstance(x, np.ndarray):  # an .npz archive renamed to .npy
-        if hasattr(x, "close"):
-            x.close()
-        raise DataError(f"{f}: is an .npz archive, expected a single .npy array")
     if x.dtype.kind not in "biuf":
         raise DataError(f"{f}: features of modality {modality!r} must be numeric, got dtype {x.dtype}")
     if x.ndim != 2:
@@ -251,3 +256,36 @@ def load_mmrec(
         features=features,
         warnings=warnings,
     )
+
+
+def _write_mapping(f: Path, ids: list[str]) -> None:
+    for k, e in enumerate(ids):
+        if not e or any(c in e for c in "\t\n\r"):
+            raise DataError(f"{f}: external id {e!r} of row {k} is empty or holds a tab/newline")
+    f.write_text("org_id\tremap_id\n" + "".join(f"{e}\t{k}\n" for k, e in enumerate(ids)), encoding="utf-8")
+
+
+def write_mmrec(ds: InteractionDataset, out: Path, name: str | None = None, ratings: np.ndarray | None = None) -> Path:
+    """Write ``ds`` in the MMRec layout under ``out`` (created); ``load_mmrec(out)`` gives it back.
+
+    Writes ``<name>.inter`` (default name: ``ds.name``), ``<modality>_feat.npy`` and both id mappings.
+    ``ratings`` (float [n]) fills the rating column; default 1.0 (implicit feedback). Refuses a folder that
+    already holds another ``.inter`` file, since the result would be ambiguous to load.
+    """
+    out = Path(out)
+    name = name or ds.name
+    out.mkdir(parents=True, exist_ok=True)
+    stale = [p.name for p in out.glob("*.inter") if p.name != f"{name}.inter"]
+    if stale:
+        raise DataError(f"{out}: already holds other .inter files {stale}; choose an empty folder")
+    r = np.ones(len(ds.users)) if ratings is None else np.asarray(ratings, dtype=np.float64)
+    rows = zip(ds.users.tolist(), ds.items.tolist(), r.tolist(), ds.timestamps.tolist(), ds.splits.tolist(),
+               strict=True)  # fmt: skip
+    body = "".join(f"{u}\t{i}\t{x}\t{t}\t{s}\n" for u, i, x, t, s in rows)
+    (out / f"{name}.inter").write_text(f"{USER_COL}\t{ITEM_COL}\trating\t{TIME_COL}\t{SPLIT_COL}\n" + body,
+                                       encoding="utf-8")  # fmt: skip
+    for m, x in ds.features.items():
+        np.save(out / f"{m}{FEATURE_SUFFIX}", np.ascontiguousarray(x, dtype=np.float32))
+    _write_mapping(out / ITEM_MAPPING, ds.item_ids)
+    _write_mapping(out / USER_MAPPING, ds.user_ids)
+    return out

@@ -253,6 +253,4 @@ def evaluate_splits(
     mask_valid_at_test: bool = False,
 ) -> dict[str, dict[str, float]]:
     """{"valid": metrics, "test": metrics}: the usual pair reported for a trained model."""
-    return {
-        SPLIT_NAMES[s]: evaluate(score_fn, dataset, s, ks, batch_users, mask_valid_at_test) for s in (VALID, TEST)
-    }
+    return {SPLIT_NAMES[s]: evaluate(score_fn, dataset, s, ks, batch_users, mask_valid_at_test) for s in (VALID, TEST)}

@@ -1,0 +1,304 @@
+"""HTTP routes and the app factory. Routes are thin: validate, call one core function, shape.
+
+Run: ``mrdib serve`` or ``uvicorn --factory service.api:create_app``. See service/README.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+import structlog
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service import recommender
+from service.cache import LocalHistory, LocalUserState, RedisUserState, UserStateStore
+from service.events import Event, EventSink
+from service.logs import configure_logging
+from service.metrics import Metrics
+from service.middleware import LatencyMetrics, RequestGuard
+from service.model_store import ModelStore, NoModelError, ServingModel, cancel_quietly
+from service.redis_link import RedisLink
+from service.schemas import (
+    MAX_K,
+    EventAccepted,
+    EventIn,
+    ItemChanged,
+    ItemIn,
+    RecommendRequest,
+    RecommendResponse,
+    ReloadOut,
+    ScoredItem,
+    SimilarResponse,
+)
+from service.settings import Settings, get_settings
+
+log = structlog.get_logger("mrdib.service.api")
+
+
+@dataclass
+class AppContext:
+    """Everything a request may need, built once per app (dependencies read it from app.state)."""
+
+    settings: Settings
+    metrics: Metrics
+    store: ModelStore
+    state: UserStateStore
+    events: EventSink
+    link: RedisLink | None
+    pool: ThreadPoolExecutor
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, settings: Settings) -> AppContext:
+        metrics = Metrics()
+        faiss.omp_set_num_threads(settings.faiss_threads)
+        history = LocalHistory(settings.history_cap, settings.lru_size)
+        link = RedisLink(settings, metrics) if settings.redis_url else None
+        store = ModelStore(settings, metrics)
+        events_box: list[EventSink] = []
+        if link is not None:
+            state: UserStateStore = RedisUserState(link, history, settings.user_vector_ttl_s, settings.history_cap,
+                                                   backlog=lambda: events_box[0].backlog)
+        else:
+            state = LocalUserState(settings.lru_size, history)
+        events = EventSink(settings, metrics, link, history, state.forget_local)
+        events_box.append(events)
+        pool = ThreadPoolExecutor(max_workers=settings.cpu_threads, thread_name_prefix="mrdib-cpu")
+        return cls(settings, metrics, store, state, events, link, pool)
+
+    async def start(self) -> None:
+        if self.link is not None:
+            await self.link.probe()
+        result = await self.store.refresh()
+        if self.store.current is None:
+            log.warning("no_model", status=result.status, error=result.error, artifacts=str(self.settings.artifacts))
+        else:
+            m = self.store.current
+            log.info("serving", model_version=m.version, onnx_providers=m.providers, faiss_device=m.faiss_device,
+                     redis="disabled" if self.link is None else ("ok" if self.link.up else "degraded"))
+        self.tasks = [asyncio.create_task(self.store.poll_forever(), name="model-poll"),
+                      asyncio.create_task(self.events.monitor(self._version), name="event-monitor")]
+
+    def _version(self) -> str | None:
+        return self.store.current.version if self.store.current else None
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            await cancel_quietly(t)
+        if self.link is not None:
+            await self.link.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+# --- dependencies ------------------------------------------------------------------------------
+
+def ctx_dep(request: Request) -> AppContext:
+    return request.app.state.ctx
+
+
+def model_dep(ctx: AppContext = Depends(ctx_dep)) -> ServingModel:
+    """The model version this request will use from start to end (read once)."""
+    model = ctx.store.current
+    if model is None:
+        raise HTTPException(503, "no model loaded yet (nothing published under the artifacts root, or refused)")
+    return model
+
+
+def admin_dep(ctx: AppContext = Depends(ctx_dep), authorization: str | None = Header(default=None)) -> None:
+    """Bearer token check, constant-time. No configured token: admin routes are disabled (403)."""
+    token = ctx.settings.admin_token
+    if token is None or not token.get_secret_value():
+        raise HTTPException(403, "admin routes are disabled: set MRDIB_ADMIN_TOKEN to enable them")
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise HTTPException(401, "admin route: send 'Authorization: Bearer <token>'",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
+        raise HTTPException(403, "invalid admin token")
+
+
+def _scored(items: list[recommender.Scored]) -> list[ScoredItem]:
+    return [ScoredItem(item_id=s.item_id, score=s.score, explain=s.explain) for s in items]
+
+
+# --- routes ------------------------------------------------------------------------------------
+
+def add_routes(app: FastAPI) -> None:
+    @app.post("/recommend", response_model=RecommendResponse, response_model_exclude_none=True)
+    async def recommend(body: RecommendRequest, ctx: AppContext = Depends(ctx_dep),
+                        model: ServingModel = Depends(model_dep)) -> RecommendResponse:
+        """Top-k items for a user and/or a history (see service/README.md for the rules)."""
+        if len(body.history) > ctx.settings.max_request_history:
+            raise HTTPException(422, f"history has {len(body.history)} items; at most "
+                                     f"{ctx.settings.max_request_history} are accepted")
+        if len(body.exclude) > ctx.settings.max_exclude:
+            raise HTTPException(422, f"exclude has {len(body.exclude)} items; at most {ctx.settings.max_exclude}")
+        q = recommender.Query(body.user_id, body.history, body.k, body.exclude_seen, body.exclude, body.explain)
+        r = await recommender.recommend(q, model, ctx.state, ctx.pool, ctx.metrics)
+        return RecommendResponse(model_version=r.model_version, items=_scored(r.items), source=r.source,
+                                 cached=r.cached, unknown_items=r.unknown_items)
+
+    @app.get("/items/{item_id}/similar", response_model=SimilarResponse, response_model_exclude_none=True)
+    async def similar_items(item_id: str = Path(min_length=1, max_length=256),
+                            k: int = Query(default=20, ge=1, le=MAX_K), ctx: AppContext = Depends(ctx_dep),
+                            model: ServingModel = Depends(model_dep)) -> SimilarResponse:
+        """Nearest items by cosine of item vectors, the item itself excluded."""
+        try:
+            items = await recommender.similar(model, item_id, k, ctx.pool)
+        except KeyError:
+            raise HTTPException(404, f"unknown item id {item_id!r} in model {model.version}") from None
+        return SimilarResponse(model_version=model.version, item_id=item_id, items=_scored(items))
+
+    @app.post("/events", status_code=202, response_model=EventAccepted)
+    async def post_event(body: EventIn, ctx: AppContext = Depends(ctx_dep)) -> EventAccepted:
+        """Record an interaction durably (202 only after Redis or the fsync'ed WAL has it)."""
+        event = Event.new(body.user_id, body.item_id, body.type, body.timestamp, body.event_id)
+        try:
+            sink = await ctx.events.record(event, ctx._version())
+        except OSError as e:
+            log.error("event_not_durable", error=str(e), event_id=event.event_id)
+            raise HTTPException(503, "event could not be stored durably (Redis and local WAL failed); retry") from e
+        return EventAccepted(event_id=event.event_id, durable_in=sink)
+
+    @app.put("/items/{item_id}", response_model=ItemChanged, dependencies=[Depends(admin_dep)])
+    async def put_item(body: ItemIn, item_id: str = Path(min_length=1, max_length=256),
+                       ctx: AppContext = Depends(ctx_dep), model: ServingModel = Depends(model_dep)) -> ItemChanged:
+        """Add or change an item from its modality features; searchable at once (side index)."""
+        dims = model.modality_dims()
+        missing, extra = sorted(set(dims) - set(body.features)), sorted(set(body.features) - set(dims))
+        if missing or extra:
+            raise HTTPException(422, f"features must hold exactly the modalities {sorted(dims)}; "
+                                     f"missing {missing}, unknown {extra}")
+        wrong = {m: (len(v), dims[m]) for m, v in body.features.items() if len(v) != dims[m]}
+        if wrong:
+            raise HTTPException(422, "wrong feature dims: " + ", ".join(
+                f"{m} has {got}, expected {want}" for m, (got, want) in sorted(wrong.items())))
+        feats = {m: np.asarray(v, dtype=np.float32) for m, v in body.features.items()}
+        model = await ctx.store.put_item(item_id, feats)
+        log.info("item_put", item_id=item_id, model_version=model.version)
+        return ItemChanged(model_version=model.version, item_id=item_id, status="indexed",
+                           side_index_size=len(model.overlay.side_ids))
+
+    @app.delete("/items/{item_id}", response_model=ItemChanged, dependencies=[Depends(admin_dep)])
+    async def delete_item(item_id: str = Path(min_length=1, max_length=256), ctx: AppContext = Depends(ctx_dep),
+                          _model: ServingModel = Depends(model_dep)) -> ItemChanged:
+        """Hide an item from every result (kept across model versions until it is PUT again)."""
+        model, known = await ctx.store.delete_item(item_id)
+        if not known:
+            raise HTTPException(404, f"unknown item id {item_id!r}")
+        log.info("item_deleted", item_id=item_id, model_version=model.version)
+        return ItemChanged(model_version=model.version, item_id=item_id, status="deleted",
+                           side_index_size=len(model.overlay.side_ids))
+
+    @app.post("/admin/reload", response_model=ReloadOut, dependencies=[Depends(admin_dep)])
+    async def reload(ctx: AppContext = Depends(ctx_dep)) -> JSONResponse:
+        """Load the version `current` points to now (verified); 409 when it is refused."""
+        r = await ctx.store.refresh(force=True)
+        out = ReloadOut(status=r.status, model_version=r.model_version, candidate=r.candidate, error=r.error)
+        return JSONResponse(out.model_dump(), status_code=409 if r.status == "refused" else 200)
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        """Alive (the event loop answers)."""
+        return {"status": "alive"}
+
+    @app.get("/readyz")
+    async def readyz(ctx: AppContext = Depends(ctx_dep)) -> JSONResponse:
+        """Ready when a model is loaded; Redis state reported, never a reason to be unready."""
+        model = ctx.store.current
+        redis = "disabled" if ctx.link is None else ("ok" if ctx.link.up else "degraded")
+        body = {"status": "ready" if model else "no_model", "model_version": model.version if model else None,
+                "redis": redis, "event_backlog": ctx.events.backlog}
+        return JSONResponse(body, status_code=200 if model else 503)
+
+    @app.get("/metrics")
+    async def metrics(ctx: AppContext = Depends(ctx_dep)) -> Response:
+        ctx.metrics.event_backlog.set(ctx.events.backlog)
+        return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/model")
+    async def model_info(ctx: AppContext = Depends(ctx_dep), model: ServingModel = Depends(model_dep)) -> dict:
+        """Manifest summary plus the devices really in use."""
+        m = model.manifest
+        return {
+            "model_version": m.model_version, "created_at": m.created_at.isoformat(), "backbone": m.backbone,
+            "mrdib": m.mrdib is not None, "modalities": {x.name: x.dim for x in m.modalities},
+            "embedding_dim": m.embedding_dim, "n_users": m.n_users, "n_items": m.n_items,
+            "max_history": m.max_history, "components": m.components, "metrics": m.metrics,
+            "indexes": {k: v.model_dump() for k, v in m.indexes.items()},
+            "onnx_providers": {"user_tower": model.user_tower.providers, "item_tower": model.item_tower.providers},
+            "faiss_device": model.faiss_device, "gpus_visible_to_faiss": ctx.store.gpu_count(),
+            "side_index_size": len(model.overlay.side_ids), "hidden_items": len(model.overlay.deleted),
+            "refused_versions": ctx.store.refused,
+        }
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+def _validation_message(err: dict) -> str:
+    parts = [str(x) for x in err.get("loc", ())]
+    loc = ".".join(parts[1:] if parts[:1] == ["body"] and len(parts) > 1 else parts) or "request"
+    return f"{loc}: {err.get('msg')}"
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        bad_json = [e for e in errors if e.get("type") == "json_invalid"]
+        if bad_json:
+            e = bad_json[0]
+            where = e.get("loc", ("body", "?"))[-1]
+            reason = (e.get("ctx") or {}).get("error", e.get("msg"))
+            return JSONResponse({"detail": f"malformed JSON body at character {where}: {reason}"}, status_code=400)
+        msgs = [_validation_message(e) for e in errors]
+        detail = "; ".join(msgs[:5]) + (f"; and {len(msgs) - 5} more" if len(msgs) > 5 else "")
+        return JSONResponse({"detail": detail, "errors": msgs[:50]}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(NoModelError)
+    async def on_no_model(_: Request, exc: NoModelError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    @app.exception_handler(Exception)
+    async def on_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled_error", path=request.url.path, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
+# --- factory -----------------------------------------------------------------------------------
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Without `settings` they are read from the environment (uvicorn --factory)."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    ctx = AppContext.build(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await ctx.start()
+        try:
+            yield
+        finally:
+            await ctx.stop()
+
+    app = FastAPI(title="MRdIB recommender", version="1", lifespan=lifespan)
+    app.state.ctx = ctx
+    add_routes(app)
+    add_error_handlers(app)
+    app.add_middleware(RequestGuard, max_body=settings.max_body_bytes)
+    app.add_middleware(LatencyMetrics, metrics=ctx.metrics)
+    return app

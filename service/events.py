@@ -1,0 +1,216 @@
+"""Interaction events: durable append to a Redis stream, or to a local write-ahead file.
+
+An accepted event (HTTP 202) is never lost and never duplicated:
+
+* Redis up, no backlog: one Lua script, atomically, (1) claims the event id in a dedupe key
+  (SET NX EX) and stops if it was already claimed, (2) XADDs the event to the stream the
+  nightly retraining reads, (3) LPUSH/LTRIMs the user's recent-event list, (4) deletes the
+  user's cached vector of the served version. The 202 is sent after Redis acknowledged.
+* Redis down (or events still waiting in the WAL, to keep the stream in order): the event is
+  appended as one JSON line to the WAL file and fsync'ed before the 202.
+* A background task probes Redis and, once it is back, replays the WAL through the same
+  script (the dedupe key makes a replay after a crash mid-replay harmless), then truncates it.
+  An flock on the file serialises appends and replay across worker processes.
+
+Without REDIS_URL the same file is simply the event log of the embedded service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.cache import LocalHistory
+from service.metrics import Metrics
+from service.redis_link import REDIS_DOWN, RedisLink
+from service.settings import Settings
+
+log = structlog.get_logger("mrdib.service.events")
+
+EVENT_TYPE_RE = r"^[a-z][a-z0-9_]{0,31}$"
+
+# KEYS: dedupe, stream, history, uvec.  ARGV: dedupe_ttl, maxlen ("" = none), cap, history_ttl, item, k1, v1, ...
+_RECORD_LUA = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+local fields = {}
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+if ARGV[2] ~= '' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(fields))
+else
+  redis.call('XADD', KEYS[2], '*', unpack(fields))
+end
+redis.call('LPUSH', KEYS[3], ARGV[5])
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[3]) - 1)
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+redis.call('DEL', KEYS[4])
+return 1
+"""
+
+
+class Event(BaseModel):
+    """One accepted interaction, as stored in the stream and the WAL."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_id: str = Field(min_length=1, max_length=64)
+    user_id: str = Field(min_length=1, max_length=256)
+    item_id: str = Field(min_length=1, max_length=256)
+    type: str = Field(pattern=EVENT_TYPE_RE)
+    ts: datetime
+
+    @staticmethod
+    def new(user_id: str, item_id: str, type: str, ts: datetime | None, event_id: str | None) -> Event:
+        ts = ts or datetime.now(UTC)
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=UTC)
+        return Event(event_id=event_id or uuid.uuid4().hex, user_id=user_id, item_id=item_id, type=type, ts=ts)
+
+    def fields(self) -> list[str]:
+        return ["event_id", self.event_id, "user_id", self.user_id, "item_id", self.item_id,
+                "type", self.type, "ts", self.ts.isoformat()]
+
+
+class WalFile:
+    """Append-only JSON-lines file with fsync; flock makes it safe across processes."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def append(self, line: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
+        with open(self.path, "a", encoding="utf-8") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                f.write(line + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+        if created:
+            fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def count(self) -> int:
+        try:
+            with open(self.path, "rb") as f:
+                return sum(1 for line in f if line.strip())
+        except FileNotFoundError:
+            return 0
+
+
+class EventSink:
+    """Where accepted events go; see the module docstring for the guarantees."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, link: RedisLink | None, history: LocalHistory,
+                 forget_local: Callable[[str], None]):
+        self.settings = settings
+        self.metrics = metrics
+        self.link = link
+        self.history = history
+        self.forget_local = forget_local
+        self.wal = WalFile(settings.wal_path)
+        self._lock = asyncio.Lock()  # in-process: appends vs replay
+        self._script = link.client.register_script(_RECORD_LUA) if link else None
+        self.backlog = self.wal.count() if link else 0
+        metrics.event_backlog.set(self.backlog)
+
+    async def record(self, event: Event, version: str | None) -> str:
+        """Make `event` durable; returns the sink ("redis", "wal" or "file"). Raises OSError only when
+        even the local file cannot be written (then the caller must not answer 202)."""
+        self.history.push(event.user_id, event.item_id)
+        self.forget_local(event.user_id)
+        if self.link is None:
+            await asyncio.to_thread(self.wal.append, event.model_dump_json())
+            self.metrics.events.labels(sink="file").inc()
+            return "file"
+        if self.link.up and self.backlog == 0:
+            try:
+                await self._apply(event, version)
+                self.metrics.events.labels(sink="redis").inc()
+                return "redis"
+            except REDIS_DOWN as e:
+                self.link.mark_down("record_event", e)
+        async with self._lock:
+            await asyncio.to_thread(self.wal.append, event.model_dump_json())
+            self.backlog += 1
+            self.metrics.event_backlog.set(self.backlog)
+        self.metrics.events.labels(sink="wal").inc()
+        return "wal"
+
+    async def _apply(self, event: Event, version: str | None) -> bool:
+        """Run the record script; False when the event id had been recorded before (duplicate)."""
+        assert self.link is not None and self._script is not None
+        s, link = self.settings, self.link
+        keys = [link.dedupe_key(event.event_id), link.stream, link.hist_key(event.user_id),
+                link.uvec_key(version or "-", event.user_id)]
+        args = [s.dedupe_ttl_s, s.stream_maxlen or "", s.history_cap, s.history_ttl_s, event.item_id, *event.fields()]
+        return bool(await self._script(keys=keys, args=args))
+
+    async def replay(self, version: str | None) -> int:
+        """Push the WAL to Redis; truncate it only after every line went through. Returns lines replayed."""
+        if self.link is None:
+            return 0
+        async with self._lock:
+            f = await asyncio.to_thread(self._open_locked)
+            try:
+                f.seek(0)
+                lines = [ln for ln in f.read().splitlines() if ln.strip()]
+                done = 0
+                for n, line in enumerate(lines, 1):
+                    try:
+                        event = Event.model_validate_json(line)
+                    except ValidationError as e:
+                        # Only a torn last write (never acknowledged) can look like this; keep a copy.
+                        log.error("wal_bad_line", file=str(self.wal.path), line=n, error=str(e)[:200])
+                        self.metrics.replayed.labels(result="bad_line").inc()
+                        await asyncio.to_thread(WalFile(self.wal.path.with_suffix(".rejected")).append, line)
+                        continue
+                    fresh = await self._apply(event, version)  # raises REDIS_DOWN -> keep the whole file
+                    self.metrics.replayed.labels(result="applied" if fresh else "duplicate").inc()
+                    done += 1
+                f.seek(0)
+                f.truncate()
+                f.flush()
+                os.fsync(f.fileno())
+                self.backlog = 0
+                self.metrics.event_backlog.set(0)
+                if lines:
+                    log.info("wal_replayed", events=done, file=str(self.wal.path))
+                return done
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+                f.close()
+
+    def _open_locked(self):
+        self.wal.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.wal.path, "a+", encoding="utf-8")  # noqa: SIM115 (closed by replay)
+        fcntl.flock(f, fcntl.LOCK_EX)
+        return f
+
+    async def monitor(self, current_version: Callable[[], str | None]) -> None:
+        """Probe Redis and replay the WAL whenever it is reachable and has a backlog (runs forever)."""
+        if self.link is None:
+            return
+        while True:
+            try:
+                if await self.link.probe():
+                    self.backlog = max(self.backlog, await asyncio.to_thread(self.wal.count))
+                    if self.backlog:
+                        await self.replay(current_version())
+            except REDIS_DOWN as e:
+                self.link.mark_down("replay", e)
+            except Exception:  # the monitor must survive anything; the error is logged
+                log.exception("event_monitor_failed")
+            await asyncio.sleep(self.settings.redis_check_interval_s)

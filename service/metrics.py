@@ -1,0 +1,46 @@
+"""Prometheus metrics of one app instance.
+
+Each app gets its own CollectorRegistry (not the global default) so that several apps can live
+in one process (tests) without "duplicated timeseries" errors; `/metrics` exposes that registry.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    """All metric families, created once per app."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.latency = Histogram(
+            "mrdib_request_seconds", "request latency per route", ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.cache = Counter("mrdib_user_cache_total", "user-vector cache lookups", ["result"], registry=r)
+        self.fallbacks = Counter(
+            "mrdib_fallbacks_total", "requests served by a fallback path", ["kind"], registry=r
+        )
+        self.model_info = Gauge("mrdib_model_info", "1 for the model version being served", ["version"], registry=r)
+        self.index_size = Gauge("mrdib_index_size", "vectors per index", ["index"], registry=r)
+        self.event_backlog = Gauge("mrdib_event_backlog", "events in the local WAL not yet in Redis", registry=r)
+        self.events = Counter("mrdib_events_total", "accepted events by where they were made durable",
+                              ["sink"], registry=r)
+        self.replayed = Counter("mrdib_events_replayed_total", "WAL events replayed to Redis", ["result"], registry=r)
+        self.redis_up = Gauge("mrdib_redis_up", "1 when Redis answers, 0 when degraded (or not configured)",
+                              registry=r)
+        self.redis_errors = Counter("mrdib_redis_errors_total", "Redis operations that failed", ["op"], registry=r)
+        self.reloads = Counter("mrdib_model_reloads_total", "model load attempts", ["result"], registry=r)
+
+    def set_model(self, version: str, sizes: dict[str, int]) -> None:
+        """Point the info gauge at `version` only (a single series is 1 at any time)."""
+        self.model_info.clear()
+        self.model_info.labels(version=version).set(1)
+        for name, n in sizes.items():
+            self.index_size.labels(index=name).set(n)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,186 @@
+"""Scoring: which user vector, which items to exclude, top-k, and the MRdIB explanation.
+
+Decision of the user vector (first match wins):
+
+1. the request carries a `history` with known items -> user tower over
+   request history + recent events + training history (most recent first)      source "history"
+2. `user_id` with a cached vector of this version                                source "user", cached
+3. `user_id` with recent events -> user tower over recent events + training history, cached
+                                                                                 source "user" (known) / "history"
+4. `user_id` known to the artifact -> its trained user vector, cached            source "user"
+5. otherwise: most popular items                                                 source "popular"
+
+score(u, i) = <u, item_vector(i)> = sum_c <u, item_components[c, i]>, so with `explain` each item
+carries score share per component (shares sum to 1; a share can be negative or above 1 when
+components pull in opposite directions).
+
+The blocking part (`rank`) runs in the service's bounded thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.cache import UserStateStore
+from service.metrics import Metrics
+from service.model_store import Overlay, ServingModel
+
+
+@dataclass
+class Query:
+    user_id: str | None
+    history: list[str]
+    k: int
+    exclude_seen: bool
+    exclude: list[str]
+    explain: bool
+
+
+@dataclass
+class Scored:
+    item_id: str
+    score: float
+    explain: dict[str, float] | None = None
+
+
+@dataclass
+class Result:
+    model_version: str
+    items: list[Scored]
+    source: str
+    cached: bool
+    unknown_items: list[str] = field(default_factory=list)
+
+
+def _dedupe(rows: list[int]) -> list[int]:
+    return list(dict.fromkeys(rows))
+
+
+def merge_rows(*parts: list[int] | np.ndarray) -> np.ndarray:
+    """Concatenate row lists keeping the first occurrence (order = recency)."""
+    out: list[int] = []
+    for p in parts:
+        out.extend(int(x) for x in p)
+    return np.array(_dedupe(out), dtype=np.int64)
+
+
+def rank(model: ServingModel, overlay: Overlay, vector: np.ndarray | None, history: np.ndarray | None,
+         banned: np.ndarray, banned_side: set[str], k: int, explain: bool
+         ) -> tuple[np.ndarray, list[Scored], bool]:
+    """Blocking: compute the user vector if needed (tower over `history`), then top-k of base + side items.
+
+    Returns (user vector, items, whether the index could not serve and exact search was used)."""
+    if vector is None:
+        assert history is not None and len(history)
+        vector = model.user_tower.embed(history)
+    rows, scores, exact = model.ip.search(vector, k, banned)
+    cands = [Scored(model.artifact.item_ids[r], float(s)) for r, s in zip(rows, scores, strict=True)]
+    base_rows = {c.item_id: int(r) for c, r in zip(cands, rows, strict=True)}
+    if overlay.side_ids:
+        side_scores = overlay.side_vectors @ vector
+        cands += [Scored(i, float(s)) for i, s in zip(overlay.side_ids, side_scores, strict=True)
+                  if i not in banned_side]
+        cands.sort(key=lambda c: -c.score)
+    top = cands[:k]
+    if explain:
+        names = model.manifest.components
+        sel = [c for c in top if c.item_id in base_rows]
+        if sel:
+            r = np.array([base_rows[c.item_id] for c in sel])
+            contrib = model.artifact.item_components[:, r, :] @ vector  # [C, n]
+            total = contrib.sum(axis=0)
+            for j, c in enumerate(sel):
+                denom = total[j] if abs(total[j]) > 1e-12 else 1e-12
+                c.explain = {n: float(contrib[ci, j] / denom) for ci, n in enumerate(names)}
+    return vector, top, exact
+
+
+def popular(model: ServingModel, overlay: Overlay, banned: np.ndarray, k: int) -> list[Scored]:
+    pop = model.popular_rows
+    if len(banned):
+        pop = pop[~np.isin(pop, banned)]
+    pop = pop[:k]
+    counts = model.artifact.item_popularity
+    return [Scored(model.artifact.item_ids[r], float(counts[r])) for r in pop]
+
+
+async def recommend(q: Query, model: ServingModel, state: UserStateStore, pool: Executor,
+                    metrics: Metrics) -> Result:
+    """Answer one /recommend query against exactly one model version (`model`)."""
+    overlay = model.overlay
+    loop = asyncio.get_running_loop()
+    version = model.version
+    req_rows, unknown = model.rows_of(q.history)
+    user_row = model.user_row.get(q.user_id) if q.user_id else None
+    cached_vec, recent_ids = None, []
+    if q.user_id:
+        st = await state.get(version, q.user_id, model.manifest.embedding_dim)
+        cached_vec, recent_ids = st.vector, st.recent
+    recent_rows, _ = model.rows_of(recent_ids)
+    train_rows = model.artifact.seen_items(user_row) if user_row is not None else np.empty(0, np.int64)
+
+    # What to exclude: hidden items always, `exclude` always, what the user has seen unless asked not to.
+    excl_rows, _ = model.rows_of(q.exclude)
+    banned_side = set(q.exclude) | set(overlay.deleted)
+    banned_parts: list = [overlay.hidden_rows, excl_rows]
+    if q.exclude_seen:
+        banned_parts += [req_rows, recent_rows, train_rows]
+        banned_side |= set(q.history) | set(recent_ids)
+    banned = np.unique(np.concatenate([np.asarray(p, dtype=np.int64) for p in banned_parts]))
+
+    vector, history, source, cached, cache_it = None, None, "user", False, False
+    if req_rows:
+        history, source = merge_rows(req_rows, recent_rows, train_rows), "history"
+    elif q.user_id and cached_vec is not None:
+        vector, cached = cached_vec, True
+        source = "user" if user_row is not None else "history"
+    elif q.user_id and recent_rows:
+        history, cache_it = merge_rows(recent_rows, train_rows), True
+        source = "user" if user_row is not None else "history"
+    elif user_row is not None:
+        vector, cache_it = model.artifact.user_vectors[user_row], True
+    else:
+        metrics.fallbacks.labels(kind="popular").inc()
+        items = await loop.run_in_executor(pool, popular, model, overlay, banned, q.k)
+        return Result(version, items, "popular", False, unknown)
+
+    if q.user_id and not req_rows:
+        metrics.cache.labels(result="hit" if cached else "miss").inc()
+    vector, items, exact = await loop.run_in_executor(pool, rank, model, overlay, vector, history, banned,
+                                                      banned_side, q.k, q.explain)
+    if exact:
+        metrics.fallbacks.labels(kind="exact_search").inc()
+    if cache_it and q.user_id:
+        await state.put_vector(version, q.user_id, vector)
+    return Result(version, items, source, cached, unknown)
+
+
+async def similar(model: ServingModel, item_id: str, k: int, pool: Executor) -> list[Scored]:
+    """Nearest items to `item_id` by cosine of item vectors (itself and hidden items excluded).
+
+    Raises KeyError when the id is neither in the catalogue nor a side item."""
+    overlay = model.overlay
+    if item_id in overlay.deleted:
+        raise KeyError(item_id)
+    row = model.item_row.get(item_id)
+    side_pos = overlay.side_ids.index(item_id) if item_id in overlay.side_ids else None
+    if row is None and side_pos is None:
+        raise KeyError(item_id)
+
+    def run() -> list[Scored]:
+        q = overlay.side_vectors[side_pos] if side_pos is not None else model.artifact.item_vectors[row]
+        banned = overlay.hidden_rows if row is None else np.union1d(overlay.hidden_rows, [row])
+        rows, scores, _ = model.cos.search(q, k, banned.astype(np.int64))
+        out = [Scored(model.artifact.item_ids[r], float(s)) for r, s in zip(rows, scores, strict=True)]
+        if overlay.side_ids:
+            qn = model.cos.prepare(q)[0]
+            sims = overlay.side_norm() @ qn
+            out += [Scored(i, float(s)) for i, s in zip(overlay.side_ids, sims, strict=True) if i != item_id]
+            out.sort(key=lambda c: -c.score)
+        return out[:k]
+
+    return await asyncio.get_running_loop().run_in_executor(pool, run)

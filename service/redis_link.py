@@ -1,0 +1,89 @@
+"""The Redis connection of the service and its up/down state (a small circuit breaker).
+
+redis-py asyncio over a bounded *blocking* pool with short timeouts: under load a request waits
+briefly for a connection instead of opening unbounded sockets, and a dead Redis costs at most
+one timeout before the link is marked down. While down, callers skip Redis entirely (no timeout
+per request) and serve locally; a background probe (`events.EventSink.monitor`) marks it up
+again. No Redis failure ever propagates as an exception from this module's helpers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = structlog.get_logger("mrdib.service.redis")
+
+# Exceptions that mean "Redis is unavailable", not a bug of ours.
+REDIS_DOWN = (RedisError, OSError, asyncio.TimeoutError, ConnectionError)
+
+
+class RedisLink:
+    """One client + pool, key naming, and whether Redis is currently believed reachable."""
+
+    def __init__(self, settings: Settings, metrics: Metrics):
+        assert settings.redis_url, "RedisLink needs REDIS_URL"
+        self.settings = settings
+        self.metrics = metrics
+        self.pool = aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=settings.redis_pool_size,
+            timeout=settings.redis_pool_timeout_s,
+            socket_timeout=settings.redis_socket_timeout_s,
+            socket_connect_timeout=settings.redis_connect_timeout_s,
+        )
+        self.client = aioredis.Redis(connection_pool=self.pool)
+        self.up = False
+        metrics.redis_up.set(0)
+
+    def key(self, *parts: str) -> str:
+        return self.settings.redis_key_prefix + ":".join(parts)
+
+    def uvec_key(self, version: str, user: str) -> str:
+        return self.key("uvec", version, user)
+
+    def hist_key(self, user: str) -> str:
+        return self.key("hist", user)
+
+    def dedupe_key(self, event_id: str) -> str:
+        return self.key("evt", event_id)
+
+    @property
+    def stream(self) -> str:
+        return self.settings.stream
+
+    def mark_down(self, op: str, exc: BaseException) -> None:
+        self.metrics.redis_errors.labels(op=op).inc()
+        if self.up:
+            log.warning("redis_down", op=op, error=f"{type(exc).__name__}: {exc}")
+        self.up = False
+        self.metrics.redis_up.set(0)
+
+    def mark_up(self) -> None:
+        if not self.up:
+            log.info("redis_up")
+        self.up = True
+        self.metrics.redis_up.set(1)
+
+    async def probe(self) -> bool:
+        """PING once; updates the state. Never raises."""
+        try:
+            await self.client.ping()
+        except REDIS_DOWN as e:
+            self.mark_down("ping", e)
+            return False
+        self.mark_up()
+        return True
+
+    async def close(self) -> None:
+        try:
+            await self.client.aclose()
+            await self.pool.disconnect()
+        except REDIS_DOWN:
+            pass

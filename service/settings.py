@@ -1,0 +1,59 @@
+"""The one settings object of the service, read from the environment.
+
+Every knob lives here (FastAPI full-stack-template style) so that no other module reads
+`os.environ`. Variables use the prefix ``MRDIB_`` (``MRDIB_ARTIFACTS``, ``MRDIB_ADMIN_TOKEN`` ...)
+except ``REDIS_URL``, which follows the convention of every Redis client and PaaS.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service configuration. Defaults suit the embedded demo (no Redis, one process)."""
+
+    model_config = SettingsConfigDict(env_prefix="MRDIB_", extra="ignore", frozen=True)
+
+    artifacts: Path = Field(default=Path("artifacts"), description="artifacts root holding `current` and versions")
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("REDIS_URL", "MRDIB_REDIS_URL"),
+        description="redis://host:port/db; unset = in-process LRU cache + local event file",
+    )
+    redis_key_prefix: str = Field(default="", description="prefix of every Redis key (tests use a unique one)")
+    redis_pool_size: int = Field(default=32, ge=1, description="max connections of the blocking pool")
+    redis_pool_timeout_s: float = Field(default=0.2, gt=0, description="wait for a free pooled connection")
+    redis_socket_timeout_s: float = Field(default=0.25, gt=0, description="per-command socket timeout")
+    redis_connect_timeout_s: float = Field(default=0.25, gt=0)
+    redis_check_interval_s: float = Field(default=1.0, gt=0, description="health probe / WAL replay period")
+    user_vector_ttl_s: int = Field(default=3600, ge=1, description="TTL of cached user vectors")
+    history_ttl_s: int = Field(default=30 * 86400, ge=1, description="TTL of a user's recent-event list")
+    dedupe_ttl_s: int = Field(default=7 * 86400, ge=1, description="how long an event id is remembered for dedupe")
+    history_cap: int = Field(default=50, ge=1, description="recent events kept per user")
+    lru_size: int = Field(default=100_000, ge=1, description="users kept by the in-process cache")
+    stream: str = Field(default="mrdib:events", min_length=1, description="Redis stream that receives events")
+    stream_maxlen: int | None = Field(default=None, ge=1, description="approximate XADD MAXLEN; None keeps all")
+    wal_path: Path = Field(default=Path("events.wal.jsonl"), description="local event file / write-ahead log")
+
+    cpu_threads: int = Field(default=4, ge=1, description="size of the thread pool running ONNX and FAISS")
+    ort_intra_threads: int = Field(default=1, ge=1, description="onnxruntime intra-op threads per session")
+    faiss_threads: int = Field(default=1, ge=1, description="OpenMP threads of FAISS searches")
+    use_gpu: bool = Field(default=True, description="use CUDA EP / faiss-gpu when they are installed and a GPU exists")
+
+    admin_token: SecretStr | None = Field(default=None, description="bearer token of admin routes; unset = disabled")
+    poll_interval_s: float = Field(default=10.0, ge=0, description="period of `current` polling; 0 disables it")
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, description="larger request bodies get 413")
+    max_request_history: int = Field(default=1000, ge=1, description="longer `history` gets 422")
+    max_exclude: int = Field(default=10_000, ge=0, description="longer `exclude` gets 422")
+    log_level: str = Field(default="INFO")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once). Tests build `Settings(...)` directly instead."""
+    return Settings()

@@ -1,0 +1,135 @@
+"""onnxruntime wrappers of the two towers shipped in an artifact.
+
+The artifact's exporter owns the ONNX signatures; this module adapts to them by reading the
+session's declared inputs instead of hard-coding one layout:
+
+* user tower: an int64 ``[B, L]`` input of item rows, most recent first (``history``), plus
+  optionally a ``mask`` ([B, L], bool/float/int) or ``lengths`` ([B] int64) input. Without a
+  mask/lengths input the padding value is -1 (the tower masks negative rows itself); with one,
+  padding is row 0 and the mask says what is real. A static L in the graph is honoured.
+  Output ``user_vector`` (or the only output) float32 ``[B, d]``.
+* item tower: one float32 ``[B, d_m]`` input per modality, named by the modality; output
+  ``item_vector`` float32 ``[B, d]``.
+
+The device is chosen here, once: the CUDA execution provider when onnxruntime-gpu is installed,
+a GPU is visible and `use_gpu` is set; the providers the session really activated are reported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from mrdib.artifact.schema import ArtifactError
+
+_ORT_DTYPES = {
+    "tensor(bool)": np.bool_,
+    "tensor(float)": np.float32,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+
+
+def choose_providers(use_gpu: bool) -> list[str]:
+    """Providers to ask for, best first; CPU is always the last resort."""
+    available = ort.get_available_providers()
+    if use_gpu and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _session(path: Path, intra_threads: int, use_gpu: bool) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra_threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=choose_providers(use_gpu))
+    except Exception as e:  # onnxruntime raises its own exception types for bad models
+        raise ArtifactError(f"{path}: onnxruntime cannot load the model: {e}") from e
+
+
+class UserTower:
+    """History of item rows -> user vector."""
+
+    def __init__(self, path: Path, dim: int, max_history: int, intra_threads: int = 1, use_gpu: bool = False):
+        self.path = Path(path)
+        self.sess = _session(self.path, intra_threads, use_gpu)
+        self.dim = dim
+        self.max_history = max_history
+        inputs = {i.name: i for i in self.sess.get_inputs()}
+        hist = [i for i in inputs.values() if i.type == "tensor(int64)" and len(i.shape) == 2]
+        named = [i for i in hist if i.name in ("history", "items", "item_rows")]
+        if not hist:
+            raise ArtifactError(f"{self.path}: user tower has no int64 [B, L] history input (inputs: {list(inputs)})")
+        self.history_input = (named or hist)[0].name
+        static_len = (named or hist)[0].shape[1]
+        self.static_len = static_len if isinstance(static_len, int) and static_len > 0 else None
+        self.mask_input = next((i for i in inputs.values() if "mask" in i.name.lower()), None)
+        self.lengths_input = next((i for i in inputs.values() if "len" in i.name.lower()), None)
+        extra = set(inputs) - {self.history_input} - {
+            x.name for x in (self.mask_input, self.lengths_input) if x is not None
+        }
+        if extra:
+            raise ArtifactError(f"{self.path}: user tower has inputs this service cannot fill: {sorted(extra)}")
+        outs = [o.name for o in self.sess.get_outputs()]
+        self.output = "user_vector" if "user_vector" in outs else outs[0]
+        got = self.embed(np.array([0], dtype=np.int64))
+        if got.shape != (dim,):
+            raise ArtifactError(f"{self.path}: user tower returns shape {got.shape}, manifest says ({dim},)")
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.sess.get_providers())
+
+    def embed(self, rows: np.ndarray) -> np.ndarray:
+        """User vector float32 [d] of one history (item rows, most recent first, non-empty)."""
+        rows = np.asarray(rows, dtype=np.int64)[: self.max_history]
+        length = self.static_len or max(1, len(rows))
+        rows = rows[:length]
+        has_mask = self.mask_input is not None or self.lengths_input is not None
+        batch = np.full((1, length), 0 if has_mask else -1, dtype=np.int64)
+        batch[0, : len(rows)] = rows
+        feeds: dict[str, np.ndarray] = {self.history_input: batch}
+        if self.mask_input is not None:
+            mask = np.zeros((1, length), dtype=_ORT_DTYPES.get(self.mask_input.type, np.bool_))
+            mask[0, : len(rows)] = 1
+            feeds[self.mask_input.name] = mask
+        if self.lengths_input is not None:
+            feeds[self.lengths_input.name] = np.array([len(rows)], dtype=_ORT_DTYPES.get(
+                self.lengths_input.type, np.int64))
+        out = self.sess.run([self.output], feeds)[0]
+        return np.asarray(out, dtype=np.float32).reshape(-1)
+
+
+class ItemTower:
+    """Modality features of one item -> item vector (cold-start and changed items)."""
+
+    def __init__(self, path: Path, modalities: dict[str, int], dim: int, intra_threads: int = 1,
+                 use_gpu: bool = False):
+        self.path = Path(path)
+        self.sess = _session(self.path, intra_threads, use_gpu)
+        self.modalities = dict(modalities)
+        self.dim = dim
+        names = {i.name for i in self.sess.get_inputs()}
+        if names != set(modalities):
+            raise ArtifactError(
+                f"{self.path}: item tower inputs {sorted(names)} differ from manifest modalities {sorted(modalities)}"
+            )
+        outs = [o.name for o in self.sess.get_outputs()]
+        self.output = "item_vector" if "item_vector" in outs else outs[0]
+        got = self.embed({m: np.zeros(d, np.float32) for m, d in modalities.items()})
+        if got.shape != (dim,):
+            raise ArtifactError(f"{self.path}: item tower returns shape {got.shape}, manifest says ({dim},)")
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.sess.get_providers())
+
+    def embed(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """Item vector float32 [d]; `features` must hold every modality with its declared dim."""
+        feeds = {m: np.asarray(features[m], dtype=np.float32).reshape(1, -1) for m in self.modalities}
+        out = self.sess.run([self.output], feeds)[0]
+        return np.asarray(out, dtype=np.float32).reshape(-1)

@@ -1,0 +1,381 @@
+"""`mrdib retrain`: state, lock, exactly-once event consumption (real Redis), merge, quality gate."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.data.dataset import TEST, TRAIN, VALID, InteractionDataset
+from training.retrain import (
+    EXIT_LOCKED,
+    LockedError,
+    RetrainError,
+    RetrainSettings,
+    RetrainState,
+    StreamEvent,
+    gate_decision,
+    gate_scores,
+    load_state,
+    merge_events,
+    read_events,
+    retrain_lock,
+    run_retrain,
+    save_state,
+    warm_start_state,
+    write_mmrec,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def redis_client():
+    redis = pytest.importorskip("redis")
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError:
+        pytest.skip(f"no Redis at {REDIS_URL}")
+    keys: list[str] = []
+    yield client, keys
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def _stream_key() -> str:
+    return f"test-ops:{uuid.uuid4().hex}:events"
+
+
+def _xadd(client, stream: str, user: str, item: str, type_: str = "click") -> str:
+    """Append an event exactly as the service does (service.events.Event.fields)."""
+    from service.events import Event
+
+    ev = Event.new(user, item, type_, datetime(2026, 11, 1, tzinfo=UTC), None)
+    pairs = ev.fields()
+    return client.xadd(stream, dict(zip(pairs[::2], pairs[1::2], strict=True))).decode()
+
+
+def _event(user: str, item: str, type_: str = "click") -> StreamEvent:
+    return StreamEvent(event_id=uuid.uuid4().hex, user_id=user, item_id=item, type=type_,
+                       ts=datetime(2026, 11, 1, tzinfo=UTC))
+
+
+def _tiny_dataset() -> InteractionDataset:
+    # 3 users x 6 items; user 0 has train/valid/test rows, users 1-2 train only.
+    users = np.array([0, 0, 0, 0, 1, 1, 2], dtype=np.int64)
+    items = np.array([0, 1, 2, 3, 0, 4, 5], dtype=np.int64)
+    splits = np.array([TRAIN, TRAIN, VALID, TEST, TRAIN, TRAIN, TRAIN], dtype=np.int8)
+    rng = np.random.default_rng(0)
+    return InteractionDataset(
+        name="tiny", users=users, items=items, timestamps=np.arange(7, dtype=np.int64) + 1000, splits=splits,
+        user_ids=["u0", "u1", "u2"], item_ids=[f"i{k}" for k in range(6)],
+        features={"text": rng.normal(size=(6, 4)).astype(np.float32)},
+    )
+
+
+# ---------------------------------------------------------------------------------------------- state / lock
+
+
+def test_state_roundtrip_and_errors(tmp_path: Path) -> None:
+    fresh = load_state(tmp_path, "s1")
+    assert fresh.last_id == "0-0" and fresh.dataset is None
+    save_state(tmp_path, fresh.model_copy(update={"last_id": "17-3", "events_consumed": 5}))
+    again = load_state(tmp_path, "s1")
+    assert again.last_id == "17-3" and again.events_consumed == 5
+    with pytest.raises(RetrainError, match="stream 's1'"):
+        load_state(tmp_path, "other-stream")
+    (tmp_path / "retrain" / "state.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(RetrainError, match=r"state\.json"):
+        load_state(tmp_path, "s1")
+
+
+def test_lock_refuses_second_holder(tmp_path: Path) -> None:
+    with retrain_lock(tmp_path), pytest.raises(LockedError, match="another retraining run"), retrain_lock(tmp_path):
+        pass
+    with retrain_lock(tmp_path):  # released after the first holder left
+        pass
+
+
+def test_cli_exits_75_while_locked(tmp_path: Path) -> None:
+    env = {**os.environ, "MRDIB_ARTIFACTS": str(tmp_path), "MRDIB_DATASET": str(tmp_path / "none")}
+    cmd = [sys.executable, "-c", "import sys; from mrdib.cli import app; sys.argv[0] = 'mrdib'; app()", "retrain"]
+    with retrain_lock(tmp_path):
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == EXIT_LOCKED, r.stderr
+    assert "holds the lock" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------- events
+
+
+def test_read_events_exactly_once_across_reads(redis_client) -> None:
+    client, keys = redis_client
+    stream = _stream_key()
+    keys.append(stream)
+    assert read_events(client, stream, "0-0").last_id == "0-0"  # no stream yet: nothing, position kept
+    ids = [_xadd(client, stream, f"u{k}", f"i{k}") for k in range(3)]
+    client.xadd(stream, {"garbage": "1"})
+    first = read_events(client, stream, "0-0", batch=2)  # batch 2 forces several XRANGE pages
+    assert [sid for sid, _ in first.events] == ids
+    assert first.malformed == 1
+    assert [e.user_id for _, e in first.events] == ["u0", "u1", "u2"]
+    more = [_xadd(client, stream, "u9", f"i{k}") for k in range(2)]
+    second = read_events(client, stream, first.last_id)
+    assert [sid for sid, _ in second.events] == more
+    third = read_events(client, stream, second.last_id)
+    assert third.events == [] and third.last_id == second.last_id and not third.lost_before_read
+
+
+def test_read_events_reports_trimmed_stream(redis_client) -> None:
+    client, keys = redis_client
+    stream = _stream_key()
+    keys.append(stream)
+    first = _xadd(client, stream, "u1", "i1")
+    for k in range(5):
+        _xadd(client, stream, "u1", f"i{k + 2}")
+    client.xtrim(stream, maxlen=2, approximate=False)
+    batch = read_events(client, stream, first)
+    assert batch.lost_before_read and "trimmed" in batch.warnings[0]
+    assert len(batch.events) == 2
+
+
+# ---------------------------------------------------------------------------------------------- merge
+
+
+def test_merge_appends_and_counts() -> None:
+    ds = _tiny_dataset()
+    events = [
+        _event("u1", "i1"),  # new pair of a known user
+        _event("u1", "i1"),  # repeated in the events
+        _event("u0", "i0"),  # already in the data
+        _event("u2", "i-unknown"),  # item outside the catalogue
+        _event("u-new", "i0"), _event("u-new", "i1"), _event("u-new", "i2"),  # new user, 3 interactions
+        _event("u2", "i3", "impression"),  # filtered type
+        _event("u\tx", "i3"),  # would break the TSV files
+    ]  # fmt: skip
+    merged, rep = merge_events(ds, events, seed=1, event_types=["click"])
+    assert (rep.added, rep.skipped_duplicate, rep.skipped_unknown_item, rep.skipped_type, rep.skipped_bad_id) == (
+        4, 2, 1, 1, 1)  # fmt: skip
+    assert rep.events == 9 and rep.new_users == 1 and rep.users_with_new_interactions == 2
+    assert merged.user_ids == ["u0", "u1", "u2", "u-new"]
+    n = len(ds.users)
+    for a in ("users", "items", "timestamps", "splits"):  # append-only: old rows untouched
+        np.testing.assert_array_equal(getattr(merged, a)[:n], getattr(ds, a))
+    new_user_splits = sorted(merged.splits[n:][merged.users[n:] == 3].tolist())
+    assert new_user_splits == [TRAIN, VALID, TEST]  # MMRec's rule for 3 interactions: n-2 / 1 / 1
+    assert merged.splits[n:][merged.users[n:] == 1].tolist() == [TRAIN]  # < 3 new rows: train only
+    assert sum(rep.new_by_split.values()) == rep.added
+
+
+def test_merge_is_deterministic_and_roundtrips_through_mmrec(tmp_path: Path) -> None:
+    from training.data.mmrec import load_mmrec
+
+    ds = _tiny_dataset()
+    events = [_event(f"n{k % 4}", f"i{k % 6}") for k in range(24)]
+    a, _ = merge_events(ds, events, seed=7)
+    b, _ = merge_events(ds, events, seed=7)
+    np.testing.assert_array_equal(a.splits, b.splits)
+    back = load_mmrec(write_mmrec(a, tmp_path / "merged"))
+    assert back.user_ids == a.user_ids and back.item_ids == a.item_ids
+    for attr in ("users", "items", "timestamps", "splits"):
+        np.testing.assert_array_equal(getattr(back, attr), getattr(a, attr))
+    np.testing.assert_array_equal(back.features["text"], a.features["text"])
+    with pytest.raises(FileExistsError):
+        write_mmrec(a, tmp_path / "merged")
+
+
+# ---------------------------------------------------------------------------------------------- gate
+
+
+def test_gate_decision_both_ways() -> None:
+    assert gate_decision(0.30, 0.30, 0.01)[0]
+    assert gate_decision(0.295, 0.30, 0.01)[0]  # within tolerance
+    ok, why = gate_decision(0.25, 0.30, 0.01)
+    assert not ok and "< current" in why
+    assert gate_decision(0.0, None, 0.01) == (True, "no model is being served")
+    assert not gate_decision(float("nan"), 0.1, 0.01)[0]
+
+
+class _FakeArtifact:
+    def __init__(self, user_ids, item_ids, user_vectors, item_vectors):
+        self.user_ids, self.item_ids = user_ids, item_ids
+        self.user_vectors, self.item_vectors = user_vectors, item_vectors
+
+
+def test_gate_scores_rank_a_good_model_above_a_bad_one() -> None:
+    # 30 users x 40 items; each user's valid item is one-hot-recoverable by the "oracle" embedding.
+    rng = np.random.default_rng(3)
+    n_u, n_i = 30, 40
+    users, items, splits = [], [], []
+    for u in range(n_u):
+        picks = rng.choice(n_i, size=4, replace=False)
+        users += [u] * 4
+        items += picks.tolist()
+        splits += [TRAIN, TRAIN, VALID, TEST]
+    ds = InteractionDataset(
+        name="g", users=np.array(users), items=np.array(items), timestamps=np.zeros(len(users), np.int64),
+        splits=np.array(splits, np.int8), user_ids=[f"u{k}" for k in range(n_u)],
+        item_ids=[f"i{k}" for k in range(n_i)], features={"m": np.ones((n_i, 2), np.float32)},
+    )  # fmt: skip
+    valid = ds.csr(VALID).toarray().astype(np.float32)
+    good_u, good_i = valid, np.eye(n_i, dtype=np.float32)  # scores = valid indicator: recall@20 = 1
+    bad_u = rng.normal(size=(n_u, 8)).astype(np.float32)
+    bad_i = rng.normal(size=(n_i, 8)).astype(np.float32)
+    # The served model knows only the first 20 users: both are measured on those.
+    current = _FakeArtifact(ds.user_ids[:20], ds.item_ids, bad_u[:20], bad_i)
+    cand, cur, n = gate_scores(ds, good_u, good_i, current)
+    assert n == 20 and cand == pytest.approx(1.0) and cur is not None and cur < 0.9
+    assert gate_decision(cand, cur, 0.01)[0]
+    worse = _FakeArtifact(ds.user_ids, ds.item_ids, good_u, good_i)
+    cand2, cur2, n2 = gate_scores(ds, bad_u, bad_i, worse)
+    assert n2 == n_u and cur2 == pytest.approx(1.0) and not gate_decision(cand2, cur2, 0.01)[0]
+
+
+def test_warm_start_copies_and_grows_rows() -> None:
+    torch = pytest.importorskip("torch")
+    old = {"user": torch.ones(3, 2), "item": torch.full((4, 2), 2.0), "w": torch.zeros(5)}
+    new = {"user": torch.zeros(5, 2), "item": torch.zeros(4, 2), "w": torch.zeros(6), "extra": torch.zeros(1)}
+    state, counts = warm_start_state(new, old)
+    assert counts == {"copied": 1, "partial": 2, "fresh": 1}
+    assert state["user"][:3].eq(1).all() and state["user"][3:].eq(0).all()
+    assert state["item"].eq(2).all()
+
+
+# ---------------------------------------------------------------------------------------------- full runs
+
+
+def _publish_vectors(root: Path, ds, user: np.ndarray, item: np.ndarray, training_config: dict, gate) -> str:
+    """Publish vectors as a minimal artifact (ONNX/FAISS files are stand-ins: these tests are about the
+    retraining flow; the export module has its own tests)."""
+    from mrdib.artifact import schema as S
+    from mrdib.artifact import store
+
+    stage = store.staging_dir(root)
+    np.save(stage / S.ITEM_VECTORS, item.astype(np.float32))
+    np.save(stage / S.USER_VECTORS, user.astype(np.float32))
+    np.save(stage / S.ITEM_COMPONENTS, np.stack([item]).astype(np.float32))
+    np.save(stage / S.ITEM_POPULARITY, ds.item_popularity())
+    (stage / S.ITEM_IDS).write_text(json.dumps(ds.item_ids))
+    (stage / S.USER_IDS).write_text(json.dumps(ds.user_ids))
+    csr = ds.train_csr()
+    np.savez(stage / S.TRAIN_CSR, indptr=csr.indptr.astype(np.int64), indices=csr.indices.astype(np.int64))
+    for name in (S.USER_TOWER, S.ITEM_TOWER, S.INDEX_IP, S.INDEX_COS):
+        (stage / name).write_bytes(b"stand-in")
+    m = store.publish(stage, {
+        "created_at": datetime.now(UTC), "backbone": "bpr", "training_config": training_config,
+        "modalities": [{"name": k, "dim": v} for k, v in ds.feature_dims.items()],
+        "embedding_dim": int(item.shape[1]), "n_users": ds.n_users, "n_items": ds.n_items,
+        "n_train_interactions": int(csr.nnz), "max_history": 50, "components": ["collaborative"],
+        "data_fingerprint": ds.fingerprint(), "quality_gate": gate,
+        "indexes": {"ip": {"file": S.INDEX_IP, "factory": "Flat", "metric": "ip"},
+                    "cosine": {"file": S.INDEX_COS, "factory": "Flat", "metric": "cosine"}},
+    }, root)  # fmt: skip
+    return m.model_version
+
+
+def _test_publisher(checkpoint: Path, root: Path, gate, promote: bool) -> str | None:
+    from training.checkpoint import load_embeddings, read_json
+    from training.data.load import load_dataset
+
+    if not promote:
+        return None
+    emb = load_embeddings(checkpoint)
+    ds = load_dataset(Path(read_json(checkpoint, "dataset.json")["path"]))
+    return _publish_vectors(root, ds, emb.user, emb.item, read_json(checkpoint, "config.json"),
+                            gate.model_dump(mode="json"))
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file's (mtime, size), except the lock file, which names its latest holder by design."""
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size)
+            for p in root.rglob("*") if p.is_file() and p.name != "retrain.lock"}  # fmt: skip
+
+
+@pytest.mark.redis
+def test_two_runs_consume_events_exactly_once(tmp_path: Path, redis_client) -> None:
+    pytest.importorskip("torch")
+    from mrdib.artifact import store
+    from training.data.load import load_dataset
+    from training.data.synth import SynthConfig, generate_synthetic
+
+    client, keys = redis_client
+    stream = _stream_key()
+    keys.append(stream)
+    base = generate_synthetic(SynthConfig(n_users=60, n_items=50, n_interactions=900, seed=1), tmp_path / "base")
+    base_ds = load_dataset(base)
+    root = tmp_path / "artifacts"
+    settings = RetrainSettings(artifacts=root, base=base, redis_url=REDIS_URL, stream=stream, backbone="bpr",
+                               mrdib=False, epochs=2, device="cpu", tolerance=1.0)  # fmt: skip
+
+    # Run 1: no model yet -> trains on base + 4 events and promotes.
+    known_u, known_i = base_ds.user_ids[0], base_ds.item_ids
+    for k in range(3):
+        _xadd(client, stream, "visitor-1", known_i[k])
+    _xadd(client, stream, known_u, "not-in-catalogue")
+    r1 = run_retrain(settings, client=client, publisher=_test_publisher)
+    assert r1.status == "promoted" and r1.exit_code == 0, r1.details
+    assert r1.details["merge"]["added"] == 3 and r1.details["merge"]["skipped_unknown_item"] == 1
+    v1 = store.current_version(root)
+    assert v1 == r1.details["version"]
+    assert store.read_manifest(root / v1).quality_gate["passed"] is True
+    state = RetrainState.model_validate_json((root / "retrain" / "state.json").read_text())
+    assert state.events_consumed == 4 and state.dataset is not None
+
+    # Run 2: two new events -> exactly those two are merged on top of run 1's dataset.
+    _xadd(client, stream, "visitor-2", known_i[5])
+    _xadd(client, stream, "visitor-1", known_i[6])
+    r2 = run_retrain(settings, client=client, publisher=_test_publisher)
+    assert r2.status == "promoted" and r2.details["events"] == 2 and r2.details["merge"]["added"] == 2
+    merged = load_dataset(root / "retrain" / "datasets" / RetrainState.model_validate_json(
+        (root / "retrain" / "state.json").read_text()).dataset)  # fmt: skip
+    assert len(merged.users) == len(base_ds.users) + 5  # 3 + 2: none merged twice
+    assert merged.user_ids[-2:] == ["visitor-1", "visitor-2"]
+    v2 = store.current_version(root)
+    assert v2 != v1 and store.read_manifest(root / v2).quality_gate["current_version"] == v1
+
+    # Run 3: nothing new -> nothing to do, nothing written.
+    before = _snapshot(root)
+    r3 = run_retrain(settings, client=client, publisher=_test_publisher)
+    assert r3.status == "nothing-to-do" and r3.exit_code == 0
+    assert _snapshot(root) == before
+
+
+@pytest.mark.redis
+def test_failed_gate_exits_3_keeps_current_and_consumes_events(tmp_path: Path, redis_client) -> None:
+    pytest.importorskip("torch")
+    from mrdib.artifact import store
+    from training.data.load import load_dataset
+    from training.data.synth import SynthConfig, generate_synthetic
+
+    client, keys = redis_client
+    stream = _stream_key()
+    keys.append(stream)
+    base = generate_synthetic(SynthConfig(n_users=60, n_items=50, n_interactions=900, seed=2), tmp_path / "base")
+    ds = load_dataset(base)
+    root = tmp_path / "artifacts"
+    # The served model is an oracle: its scores are the validation indicator (recall@20 = 1), which a
+    # two-epoch BPR cannot match, so a zero-tolerance gate must reject the candidate.
+    oracle = _publish_vectors(root, ds, ds.csr(VALID).toarray(), np.eye(ds.n_items, dtype=np.float32), {}, None)
+    _xadd(client, stream, "visitor", ds.item_ids[0])
+    settings = RetrainSettings(artifacts=root, base=base, redis_url=REDIS_URL, stream=stream, backbone="bpr",
+                               mrdib=False, epochs=2, device="cpu", tolerance=0.0)  # fmt: skip
+    r = run_retrain(settings, client=client, publisher=_test_publisher)
+    g = r.details["gate"]
+    assert r.status == "gate-failed" and r.exit_code == 3, g
+    assert g["current"] == pytest.approx(1.0) and g["candidate"] < 1.0 and g["current_version"] == oracle
+    assert store.current_version(root) == oracle  # not promoted
+    state = RetrainState.model_validate_json((root / "retrain" / "state.json").read_text())
+    assert state.events_consumed == 1 and state.last_run["status"] == "gate-failed"
+    before = _snapshot(root)  # the events stay consumed: a re-run has nothing to do
+    assert run_retrain(settings, client=client, publisher=_test_publisher).status == "nothing-to-do"
+    assert _snapshot(root) == before

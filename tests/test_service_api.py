@@ -1,0 +1,267 @@
+"""Service routes over ASGI (Starlette TestClient, lifespan included), embedded mode (no Redis)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from mrdib.artifact.store import load_artifact
+from service.api import create_app
+from service.settings import Settings
+from tests._service_helpers import COMPONENTS, build_artifact, item_features
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("artifacts")
+    return root, build_artifact(root)
+
+
+def _settings(root: Path, tmp: Path, **kw) -> Settings:
+    base = dict(artifacts=root, redis_url=None, wal_path=tmp / "events.jsonl", admin_token=TOKEN,
+                poll_interval_s=0, max_body_bytes=8192, max_request_history=50, cpu_threads=2)
+    base.update(kw)
+    return Settings(**base)
+
+
+@pytest.fixture()
+def client(artifact, tmp_path):
+    root, _ = artifact
+    with TestClient(create_app(_settings(root, tmp_path)), raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def art(artifact):
+    root, v = artifact
+    return load_artifact(root / v)
+
+
+def expected_topk(art, vector: np.ndarray, exclude_rows, k: int) -> list[str]:
+    scores = art.item_vectors @ vector
+    scores[list(exclude_rows)] = -np.inf
+    return [art.item_ids[r] for r in np.argsort(-scores, kind="stable")[:k]]
+
+
+def test_health_ready_model_metrics(client, artifact):
+    _, v = artifact
+    assert client.get("/healthz").json() == {"status": "alive"}
+    r = client.get("/readyz")
+    assert r.status_code == 200 and r.json()["model_version"] == v and r.json()["redis"] == "disabled"
+    m = client.get("/model").json()
+    assert m["model_version"] == v and m["components"] == COMPONENTS
+    assert m["onnx_providers"]["user_tower"] == ["CPUExecutionProvider"] and m["faiss_device"] == "cpu"
+    client.post("/recommend", json={"user_id": "u1"})
+    text = client.get("/metrics").text
+    assert f'mrdib_model_info{{version="{v}"}} 1.0' in text
+    assert 'mrdib_index_size{index="ip"} 200.0' in text
+    assert 'mrdib_request_seconds_count{method="POST",route="/recommend",status="200"}' in text
+    assert "mrdib_event_backlog 0.0" in text
+
+
+def test_known_user_excludes_seen_and_matches_exact_scores(client, art):
+    r = client.post("/recommend", json={"user_id": "u2", "k": 10})
+    body = r.json()
+    assert r.status_code == 200 and body["source"] == "user" and body["model_version"] == art.manifest.model_version
+    seen = art.seen_items(2)
+    want = expected_topk(art, art.user_vectors[2], seen, 10)
+    assert [i["item_id"] for i in body["items"]] == want
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    # exclude_seen=false lets the training items back in (they are the user's own cluster).
+    got = {i["item_id"] for i in client.post("/recommend", json={"user_id": "u2", "k": 40,
+                                                                 "exclude_seen": False}).json()["items"]}
+    assert {art.item_ids[r] for r in seen} <= got
+
+
+def test_exclude_list(client):
+    top = [i["item_id"] for i in client.post("/recommend", json={"user_id": "u3", "k": 5}).json()["items"]]
+    again = client.post("/recommend", json={"user_id": "u3", "k": 5, "exclude": top[:2]}).json()["items"]
+    assert not {i["item_id"] for i in again} & set(top[:2])
+
+
+def test_lru_cache_hit_after_miss(client):
+    first = client.post("/recommend", json={"user_id": "u4"}).json()
+    second = client.post("/recommend", json={"user_id": "u4"}).json()
+    assert first["cached"] is False and second["cached"] is True
+    assert first["items"] == second["items"]
+    assert 'mrdib_user_cache_total{result="hit"} 1.0' in client.get("/metrics").text
+
+
+def test_unknown_user_with_history_and_unknown_ids(client, art):
+    hist = ["i7", "nope-1", "i12", "nope-2"]
+    body = client.post("/recommend", json={"user_id": "stranger", "history": hist, "k": 8}).json()
+    assert body["source"] == "history" and body["cached"] is False
+    assert body["unknown_items"] == ["nope-1", "nope-2"]
+    u = art.item_vectors[[7, 12]].mean(axis=0)
+    assert [i["item_id"] for i in body["items"]] == expected_topk(art, u, [7, 12], 8)
+    anon = client.post("/recommend", json={"history": ["i7", "i12"], "k": 8}).json()
+    assert anon["items"] == body["items"]
+
+
+def test_popularity_fallback(client):
+    body = client.post("/recommend", json={"k": 3}).json()
+    assert body["source"] == "popular" and body["items"][0]["item_id"] == "i0"
+    assert body["items"][0]["score"] == 1000.0
+    only_unknown = client.post("/recommend", json={"user_id": "ghost", "history": ["zzz"]}).json()
+    assert only_unknown["source"] == "popular" and only_unknown["unknown_items"] == ["zzz"]
+    assert 'mrdib_fallbacks_total{kind="popular"} 2.0' in client.get("/metrics").text
+
+
+def test_explain_shares_are_component_dot_products(client, art):
+    body = client.post("/recommend", json={"user_id": "u5", "k": 4, "explain": True}).json()
+    u = art.user_vectors[5]
+    for it in body["items"]:
+        assert list(it["explain"]) == COMPONENTS
+        assert sum(it["explain"].values()) == pytest.approx(1.0, abs=1e-4)
+        row = art.item_ids.index(it["item_id"])
+        contrib = art.item_components[:, row, :] @ u
+        assert it["score"] == pytest.approx(float(contrib.sum()), rel=1e-4)
+        assert it["explain"]["synergy"] == pytest.approx(float(contrib[4] / contrib.sum()), rel=1e-3, abs=1e-5)
+    plain = client.post("/recommend", json={"user_id": "u5", "k": 4}).json()
+    assert "explain" not in plain["items"][0]
+
+
+def test_event_changes_next_recommendation(client, art, tmp_path):
+    before = client.post("/recommend", json={"user_id": "u0", "k": 10}).json()
+    assert before["source"] == "user"
+    client.post("/recommend", json={"user_id": "u0", "k": 10})  # now cached
+    clicked = [f"i{r}" for r in (1, 6, 11, 16, 21)]  # cluster 1; u0 likes cluster 0
+    for item in clicked:
+        r = client.post("/events", json={"user_id": "u0", "item_id": item, "type": "click"})
+        assert r.status_code == 202 and r.json()["durable_in"] == "file"
+    after = client.post("/recommend", json={"user_id": "u0", "k": 10}).json()
+    assert after["cached"] is False and after["source"] == "user"
+    hist_rows = [int(i[1:]) for i in reversed(clicked)] + list(art.seen_items(0))
+    u = art.item_vectors[hist_rows[: art.manifest.max_history]].mean(axis=0)
+    assert [i["item_id"] for i in after["items"]] == expected_topk(art, u, hist_rows, 10)
+    assert after["items"] != before["items"]
+    lines = (tmp_path / "events.jsonl").read_text().splitlines()
+    assert [json.loads(x)["item_id"] for x in lines] == clicked
+
+
+def test_similar_items(client, art):
+    body = client.get("/items/i0/similar", params={"k": 5}).json()
+    ids = [i["item_id"] for i in body["items"]]
+    assert len(ids) == 5 and "i0" not in ids and body["model_version"] == art.manifest.model_version
+    assert all(int(i[1:]) % 5 == 0 for i in ids)  # same planted cluster
+    r = client.get("/items/unknown-item/similar")
+    assert r.status_code == 404 and "unknown-item" in r.json()["detail"]
+
+
+def test_admin_auth(client, artifact, tmp_path):
+    feats = {"features": item_features(1)}
+    assert client.put("/items/new", json=feats).status_code == 401
+    r = client.put("/items/new", json=feats, headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 403 and r.json()["detail"] == "invalid admin token"
+    assert client.post("/admin/reload", headers={"Authorization": "Basic abc"}).status_code == 401
+    assert client.post("/admin/reload", headers=AUTH).json()["status"] == "unchanged"
+    root, _ = artifact
+    with TestClient(create_app(_settings(root, tmp_path, admin_token=None))) as off:
+        r = off.delete("/items/i1", headers=AUTH)
+        assert r.status_code == 403 and "MRDIB_ADMIN_TOKEN" in r.json()["detail"]
+
+
+def test_put_and_delete_items(client):
+    r = client.put("/items/brand-new", json={"features": item_features(2)}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["status"] == "indexed" and r.json()["side_index_size"] == 1
+    everything = [i["item_id"] for i in client.post("/recommend", json={"user_id": "u1", "k": 1000,
+                                                                        "exclude_seen": False}).json()["items"]]
+    assert "brand-new" in everything and len(everything) == 201
+    assert client.get("/items/brand-new/similar", params={"k": 3}).status_code == 200
+    # A changed catalogue item is served from the side index, once.
+    assert client.put("/items/i3", json={"features": item_features(3)}, headers=AUTH).status_code == 200
+    everything = [i["item_id"] for i in client.post("/recommend", json={"user_id": "u1", "k": 1000,
+                                                                        "exclude_seen": False}).json()["items"]]
+    assert everything.count("i3") == 1 and len(everything) == 201
+    # Deleting hides the item everywhere.
+    assert client.delete("/items/i0", headers=AUTH).json()["status"] == "deleted"
+    assert client.post("/recommend", json={"k": 1}).json()["items"][0]["item_id"] != "i0"
+    assert client.get("/items/i0/similar").status_code == 404
+    assert "i0" not in {i["item_id"] for i in client.get("/items/i5/similar", params={"k": 100}).json()["items"]}
+    assert client.delete("/items/brand-new", headers=AUTH).status_code == 200
+    assert "brand-new" not in [i["item_id"] for i in client.post("/recommend", json={"k": 1000, "user_id": "u1"})
+                               .json()["items"]]
+    assert client.delete("/items/never-existed", headers=AUTH).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "needle"),
+    [
+        ("post", "/recommend", {"json": {"k": 0}}, 422, "k"),
+        ("post", "/recommend", {"json": {"k": 1001}}, 422, "k"),
+        ("post", "/recommend", {"json": {"k": "many"}}, 422, "k"),
+        ("post", "/recommend", {"json": {"user_id": "u1", "colour": 1}}, 422, "colour"),
+        ("post", "/recommend", {"json": [1, 2]}, 422, ""),
+        ("post", "/recommend", {"json": {"history": [f"i{i}" for i in range(51)]}}, 422, "history"),
+        ("post", "/recommend", {"json": {"history": [""]}}, 422, "history"),
+        ("post", "/recommend", {"content": b'{"user_id": "u1",', "headers": {"content-type": "application/json"}},
+         400, "malformed JSON"),
+        ("post", "/recommend", {"content": b"user_id=u1", "headers": {"content-type": "text/plain"}},
+         415, "content type"),
+        ("post", "/recommend", {"content": b'{"k": 3}'}, 415, "content type"),
+        ("post", "/recommend", {"json": {"history": ["x" * 200] * 45}}, 413, "exceeds"),
+        ("post", "/recommend", {}, 422, "body"),
+        ("get", "/items/i1/similar", {"params": {"k": 0}}, 422, "k"),
+        ("get", "/items/i1/similar", {"params": {"k": "x"}}, 422, "k"),
+        ("post", "/events", {"json": {"user_id": "u1", "item_id": "i1"}}, 422, "type"),
+        ("post", "/events", {"json": {"user_id": "u1", "item_id": "i1", "type": "Bad Type!"}}, 422, "type"),
+        ("post", "/events", {"json": {"user_id": "", "item_id": "i1", "type": "view"}}, 422, "user_id"),
+        ("post", "/events", {"json": {"user_id": "u", "item_id": "i1", "type": "view", "timestamp": "yesterday"}},
+         422, "timestamp"),
+        ("put", "/items/x", {"json": {"features": {"text": [0.0] * 8}}, "headers": AUTH}, 422, "missing ['image']"),
+        ("put", "/items/x", {"json": {"features": {"text": [0.0] * 7, "image": [0.0] * 6}}, "headers": AUTH},
+         422, "text has 7, expected 8"),
+        ("put", "/items/x", {"json": {"features": {"text": [0.0] * 8, "image": [0.0] * 6, "audio": [1.0]}},
+                             "headers": AUTH}, 422, "unknown ['audio']"),
+        ("put", "/items/x", {"content": b'{"features": {"text": [NaN, 0, 0, 0, 0, 0, 0, 0], "image": [0, 0, 0, 0, '
+                                        b'0, 0]}}', "headers": {**AUTH, "content-type": "application/json"}},
+         None, ""),
+        ("put", "/items/x", {"json": {"features": {"text": ["a"] * 8, "image": [0.0] * 6}}, "headers": AUTH},
+         422, "features"),
+    ],
+)
+def test_bad_input_gets_4xx_with_message(client, method, path, kwargs, status, needle):
+    r = getattr(client, method)(path, **kwargs) if method != "delete" else client.delete(path, **kwargs)
+    if status is None:
+        assert 400 <= r.status_code < 500, r.text
+    else:
+        assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    assert isinstance(detail, str) and needle in detail
+
+
+def test_chunked_oversized_body_gets_413(client):
+    def gen():
+        for _ in range(20):
+            yield b" " * 1024
+
+    r = client.post("/recommend", content=gen(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_no_model_gives_503(tmp_path):
+    with TestClient(create_app(_settings(tmp_path / "empty", tmp_path))) as c:
+        assert c.get("/healthz").status_code == 200
+        assert c.get("/readyz").status_code == 503
+        r = c.post("/recommend", json={"user_id": "u1"})
+        assert r.status_code == 503 and "no model" in r.json()["detail"]
+
+
+def test_unexpected_error_is_json_500_without_trace(client, monkeypatch):
+    from service import recommender
+
+    async def boom(*a, **k):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(recommender, "recommend", boom)
+    r = client.post("/recommend", json={"user_id": "u1"})
+    assert r.status_code == 500 and r.json() == {"detail": "internal server error"}
+    assert "secret" not in r.text

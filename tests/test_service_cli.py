@@ -1,0 +1,63 @@
+"""The service never imports torch, and `mrdib serve` hands its flags to uvicorn through the settings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from tests._service_helpers import build_artifact
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_service_runs_with_torch_blocked(tmp_path):
+    root = tmp_path / "artifacts"
+    build_artifact(root)
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None  # any `import torch` now raises ImportError
+        from fastapi.testclient import TestClient
+        from service.api import create_app
+        from service.cli import serve
+        from service.settings import Settings
+        s = Settings(artifacts={str(root)!r}, redis_url=None, wal_path={str(tmp_path / "w.jsonl")!r},
+                     admin_token="t", poll_interval_s=0)
+        with TestClient(create_app(s)) as c:
+            assert c.post("/recommend", json={{"user_id": "u1", "explain": True}}).status_code == 200
+            assert c.post("/recommend", json={{"history": ["i1"]}}).json()["source"] == "history"
+            assert c.put("/items/n", json={{"features": {{"text": [0.0] * 8, "image": [0.0] * 6}}}},
+                         headers={{"Authorization": "Bearer t"}}).status_code == 200
+            assert c.post("/events", json={{"user_id": "u1", "item_id": "i1", "type": "view"}}).status_code == 202
+        assert "torch" not in {{m.split(".")[0] for m, v in sys.modules.items() if v is not None}}
+        print("OK")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stderr[-2000:]
+
+
+def test_serve_flags_override_environment(monkeypatch, tmp_path):
+    import uvicorn
+
+    from service.cli import serve
+
+    calls = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.update(app=app, **kw))
+    monkeypatch.setenv("MRDIB_ARTIFACTS", "/somewhere/else")
+    import typer
+
+    cli = typer.Typer()
+    cli.command()(serve)
+    res = CliRunner().invoke(cli, ["--artifacts", str(tmp_path), "--port", "8123", "--host", "0.0.0.0",
+                                   "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    assert calls["app"] == "service.api:create_app" and calls["factory"] is True
+    assert (calls["port"], calls["host"], calls["workers"]) == (8123, "0.0.0.0", 2)
+    import os
+
+    assert os.environ["MRDIB_ARTIFACTS"] == str(tmp_path.resolve())
+    bad = CliRunner().invoke(cli, ["--port", "0"])
+    assert bad.exit_code == 2

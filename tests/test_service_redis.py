@@ -1,0 +1,109 @@
+"""Service over real HTTP (uvicorn on a loopback port) with the real Redis at REDIS_URL / 127.0.0.1:6379.
+
+Every run uses its own key prefix and stream name, and deletes them afterwards.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import numpy as np
+import pytest
+import redis
+
+from mrdib.artifact.store import load_artifact
+from service.api import create_app
+from service.settings import Settings
+from tests._service_helpers import ServerThread, build_artifact, redis_available
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    import os
+
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    if not redis_available(url):
+        pytest.skip(f"no Redis at {url}")
+    root = tmp_path_factory.mktemp("artifacts")
+    version = build_artifact(root)
+    prefix = f"mrdib-test-{uuid.uuid4().hex[:8]}:"
+    settings = Settings(artifacts=root, redis_url=url, redis_key_prefix=prefix, stream=prefix + "events",
+                        wal_path=root.parent / "wal.jsonl", poll_interval_s=0, redis_check_interval_s=0.2,
+                        cpu_threads=2)
+    r = redis.Redis.from_url(url)
+    with ServerThread(create_app(settings)) as srv, httpx.Client(base_url=srv.url, timeout=10) as http:
+        yield {"http": http, "redis": r, "prefix": prefix, "version": version, "art": load_artifact(root / version),
+               "stream": prefix + "events"}
+    keys = list(r.scan_iter(match=prefix + "*"))
+    if keys:
+        r.delete(*keys)
+
+
+def test_ready_reports_redis_ok(env):
+    body = env["http"].get("/readyz").json()
+    assert body["redis"] == "ok" and body["model_version"] == env["version"]
+
+
+def test_cache_hit_after_miss_in_redis(env):
+    http, r, prefix, v = env["http"], env["redis"], env["prefix"], env["version"]
+    first = http.post("/recommend", json={"user_id": "u7"}).json()
+    second = http.post("/recommend", json={"user_id": "u7"}).json()
+    assert (first["cached"], second["cached"]) == (False, True)
+    assert first["items"] == second["items"]
+    key = f"{prefix}uvec:{v}:u7"
+    raw = r.get(key)
+    assert np.allclose(np.frombuffer(raw, np.float32), env["art"].user_vectors[7])
+    assert 0 < r.ttl(key) <= 3600
+
+
+def test_event_is_streamed_invalidates_cache_and_changes_recommendation(env):
+    http, r, prefix, v, art = env["http"], env["redis"], env["prefix"], env["version"], env["art"]
+    http.post("/recommend", json={"user_id": "u10", "k": 5})
+    assert http.post("/recommend", json={"user_id": "u10", "k": 5}).json()["cached"] is True
+    before = http.post("/recommend", json={"user_id": "u10", "k": 5}).json()["items"]
+    resp = http.post("/events", json={"user_id": "u10", "item_id": "i3", "type": "purchase",
+                                      "timestamp": "2026-01-02T03:04:05Z"})
+    assert resp.status_code == 202 and resp.json()["durable_in"] == "redis"
+    eid = resp.json()["event_id"]
+    entries = [f for _, f in r.xrange(env["stream"]) if f[b"event_id"] == eid.encode()]
+    assert len(entries) == 1 and entries[0][b"item_id"] == b"i3" and entries[0][b"type"] == b"purchase"
+    assert entries[0][b"ts"].startswith(b"2026-01-02T03:04:05")
+    assert r.lrange(f"{prefix}hist:u10", 0, -1) == [b"i3"]
+    assert r.get(f"{prefix}uvec:{v}:u10") is None
+    after = http.post("/recommend", json={"user_id": "u10", "k": 5}).json()
+    assert after["cached"] is False and after["items"] != before
+    hist = [3, *art.seen_items(10)]
+    u = art.item_vectors[hist].mean(axis=0)
+    scores = art.item_vectors @ u
+    scores[hist] = -np.inf
+    assert [i["item_id"] for i in after["items"]] == [f"i{x}" for x in np.argsort(-scores)[:5]]
+    assert "i3" not in {i["item_id"] for i in after["items"]}
+
+
+def test_duplicate_event_id_is_recorded_once(env):
+    http, r = env["http"], env["redis"]
+    ev = {"user_id": "u11", "item_id": "i4", "type": "view", "event_id": "dup-" + uuid.uuid4().hex}
+    assert http.post("/events", json=ev).status_code == 202
+    assert http.post("/events", json=ev).status_code == 202
+    assert sum(1 for _, f in r.xrange(env["stream"]) if f[b"event_id"] == ev["event_id"].encode()) == 1
+
+
+def test_new_user_with_events_gets_history_source(env):
+    http = env["http"]
+    user = "fresh-" + uuid.uuid4().hex[:6]
+    assert http.post("/recommend", json={"user_id": user}).json()["source"] == "popular"
+    http.post("/events", json={"user_id": user, "item_id": "i2", "type": "click"})
+    body = http.post("/recommend", json={"user_id": user, "k": 5}).json()
+    assert body["source"] == "history" and all(int(i["item_id"][1:]) % 5 == 2 for i in body["items"])
+    assert http.post("/recommend", json={"user_id": user, "k": 5}).json()["cached"] is True
+
+
+def test_history_cap(env):
+    http, r, prefix = env["http"], env["redis"], env["prefix"]
+    for i in range(55):
+        http.post("/events", json={"user_id": "u12", "item_id": f"i{i}", "type": "view"})
+    hist = r.lrange(f"{prefix}hist:u12", 0, -1)
+    assert len(hist) == 50 and hist[0] == b"i54"

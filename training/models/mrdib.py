@@ -1,0 +1,357 @@
+"""The MRdIB plug-in: bottleneck encoders, shared/unique/synergy decomposition and their losses.
+
+See ../shared/docs/MRdIB.md for the method. This module is backbone-agnostic: the Recommender
+(training/models/recommender.py) calls `encode` on the distinct items of a batch, adds
+`state.content` to the backbone's item vectors at the output of propagate(), and adds
+`losses(...)` (weighted by `weighted_total`) to the backbone's own loss terms.
+
+Concrete choices where MRdIB.md leaves one open (each is switchable through MRdIBConfig):
+
+- Input scaling: each modality is standardised per dimension with catalogue statistics computed once,
+  so encoders start at the same scale whatever the feature extractor. The synergy intervention acts
+  in that standardised space: "zero" replaces x_m by the catalogue mean (carries no item-specific
+  information and stays in-distribution), "noise" by N(0, 1) draws (matches the marginal scale).
+- MLP_m is one hidden layer (Linear + LeakyReLU) followed by linear mu / sigma heads, so the path to
+  mu is a two-layer MLP. With use_ib off the sigma head does not exist and z_m = mu_m.
+- Shared/unique split: two linear heads on z_m ("two heads", not slices), so their sizes are free.
+- P = [P_s, P_u1..P_uM, P_syn] has no bias: a constant item offset b adds <e_u, b> to every item of a
+  user and cancels in every BPR difference, so it cannot change a ranking and would get no BPR gradient.
+  Hence the "collaborative" component is exactly the backbone's item vector.
+- Scoring a part against the user vector e_u needs it in the user dimension:
+  * z_m (sufficiency) goes through its own bias-free linear head Q_m, because z_m itself is not a block
+    of the item vector; a head per modality lets each code rank in its own basis.
+  * u_m (unique InfoNCE) and z_syn (synergy BPR and its intervention) are scored through their own
+    block of P, i.e. through exactly the component that is exported. This makes the exported
+    "unique:<m>" / "synergy" components the ones that carry the property the loss asks for, so
+    per-component scores <e_u, component> used for explanations are faithful.
+- Unique term, FactorCL conditional part: FactorCL's unique objective is
+  I(X_m; Y) - I(X_m; X_m') + I(X_m; X_m' | Y). The first is the u_m-e_u InfoNCE; the second is the
+  redundancy penalty on (u_m, u_m'); the third is added here as a conditional InfoNCE whose critic sees
+  the target: f(u_m, u_m', e_u) = cos(g_m([u_m; e_u]), k_m'(u_m')) / T. Negatives keep the anchor's
+  e_u and take u_m' of other triples (the usual marginal approximation of p(x_m' | y)). Concatenating
+  e_u to both sides would let the critic match triples on e_u alone, which is trivial here because
+  each triple has its own user.
+- Averages: KL, redundancy and dependence terms are over the batch's DISTINCT items (popular items are
+  not over-weighted); ranking terms (sufficiency, unique, synergy) are over triples, like BPR.
+  Per-modality terms are summed over modalities, as in MRdIB.md's L_suf and L_syn.
+- O(n^2) terms (InfoNCE, HSIC, dCor) use a random subset of at most `contrastive_max` rows, drawn
+  with torch's RNG (reproducible); CLUB is O(n) and uses all distinct items.
+- Switches: a term that is off contributes nothing and its modules are not built (so DDP sees no
+  unused parameters). use_synergy off removes the synergy branch altogether (no "synergy" component);
+  use_unique / use_redundant off remove only their critics/estimators (the shared/unique heads are
+  part of the decomposition that builds the item vector and stay).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import combinations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from training.config import MRdIBConfig
+from training.models.base import ModelContext
+from training.models.mrdib_dependence import (
+    CLUBEstimator,
+    bpr_loss,
+    distance_correlation,
+    hsic,
+    info_nce,
+)
+
+#: items per block when representations are computed for the whole catalogue (eval / export)
+EXPORT_BLOCK = 8192
+_SIGMA_SHIFT = 5.0  # sigma = softplus(W_s h - 5): starts near 0.007, i.e. an almost deterministic code
+
+
+class ModalityEncoder(nn.Module):
+    """h = LeakyReLU(W x); mu = W_mu h; sigma = softplus(W_s h - 5) (only when stochastic)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, latent_dim: int, stochastic: bool) -> None:
+        super().__init__()
+        self.hidden = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.LeakyReLU(0.2))
+        self.mu = nn.Linear(hidden_dim, latent_dim)
+        self.sigma = nn.Linear(hidden_dim, latent_dim) if stochastic else None
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        h = self.hidden(x)
+        mu = self.mu(h)
+        if self.sigma is None:
+            return mu, None
+        sigma = F.softplus(self.sigma(h) - _SIGMA_SHIFT).clamp_min(1e-8)
+        return mu, sigma
+
+
+@dataclass
+class PluginState:
+    """Representations of a set of items (the batch's distinct items in training). Shapes: N items."""
+
+    items: Tensor  # int64 [N] catalogue rows
+    z: list[Tensor]  # per modality [N, latent]
+    mu: list[Tensor]  # per modality [N, latent]
+    sigma: list[Tensor | None]  # per modality [N, latent] or None (use_ib off)
+    shared_m: list[Tensor]  # per modality [N, shared]
+    shared: Tensor  # [N, shared] mean of shared_m: THE shared representation
+    unique: list[Tensor]  # per modality [N, unique]
+    synergy: Tensor | None  # [N, synergy] or None (use_synergy off)
+    parts: dict[str, Tensor] = field(default_factory=dict)  # component name -> [N, d] (P's blocks)
+
+    @property
+    def content(self) -> Tensor:
+        """P [s; u_1..u_M; z_syn], summed in component order (the order export uses)."""
+        it = iter(self.parts.values())
+        total = next(it)
+        for p in it:
+            total = total + p
+        return total
+
+
+class MRdIB(nn.Module):
+    """The plug-in. Build with the training context, its config and the backbone's embedding size."""
+
+    def __init__(self, ctx: ModelContext, cfg: MRdIBConfig, dim: int) -> None:
+        super().__init__()
+        if not ctx.features:
+            raise ValueError("MRdIB needs at least one item feature modality; the dataset has none")
+        self.cfg = cfg
+        self.dim = dim
+        self.modalities: list[str] = list(ctx.features)
+        n_mod = len(self.modalities)
+        # Plain attributes, not buffers: a buffer would be copied into every checkpoint and broadcast by
+        # DDP at every step; the features are data, already on ctx.device.
+        self._features: list[Tensor] = []
+        for k, m in enumerate(self.modalities):
+            x = ctx.features[m]
+            if x.ndim != 2 or x.shape[0] != ctx.n_items:
+                raise ValueError(f"features[{m!r}] must be [n_items={ctx.n_items}, d], got {tuple(x.shape)}")
+            x = x.float()
+            self._features.append(x)
+            self.register_buffer(f"feat_mean_{k}", x.mean(0))
+            self.register_buffer(f"feat_inv_std_{k}", 1.0 / x.std(0, unbiased=False).clamp_min(1e-6))
+
+        lat, hid = cfg.latent_dim, cfg.hidden_dim
+        self.encoders = nn.ModuleList(
+            ModalityEncoder(x.shape[1], hid, lat, stochastic=cfg.use_ib) for x in self._features
+        )
+        self.sufficiency_heads = (
+            nn.ModuleList(nn.Linear(lat, dim, bias=False) for _ in range(n_mod)) if cfg.use_ib else None
+        )
+        self.shared_heads = nn.ModuleList(nn.Linear(lat, cfg.shared_dim) for _ in range(n_mod))
+        self.unique_heads = nn.ModuleList(nn.Linear(lat, cfg.unique_dim) for _ in range(n_mod))
+        self.synergy = (
+            nn.Sequential(nn.Linear(n_mod * lat, hid), nn.LeakyReLU(0.2), nn.Linear(hid, cfg.synergy_dim))
+            if cfg.use_synergy
+            else None
+        )
+        # P, one block per component (no bias: see the module docstring)
+        self.proj_shared = nn.Linear(cfg.shared_dim, dim, bias=False)
+        self.proj_unique = nn.ModuleList(nn.Linear(cfg.unique_dim, dim, bias=False) for _ in range(n_mod))
+        self.proj_synergy = nn.Linear(cfg.synergy_dim, dim, bias=False) if cfg.use_synergy else None
+
+        pairs = n_mod >= 2
+        if cfg.use_unique and pairs:
+            self.cond_query = nn.ModuleList(
+                nn.Sequential(
+                    nn.Linear(cfg.unique_dim + dim, hid), nn.LeakyReLU(0.2), nn.Linear(hid, cfg.unique_dim)
+                )
+                for _ in range(n_mod)
+            )
+            self.cond_key = nn.ModuleList(nn.Linear(cfg.unique_dim, cfg.unique_dim) for _ in range(n_mod))
+        else:
+            self.cond_query = self.cond_key = None
+        self.club_us: nn.ModuleList | None = None
+        self.club_uu: nn.ModuleList | None = None
+        if cfg.use_redundant and cfg.redundancy_estimator == "club":
+            ch = cfg.club_hidden_dim
+            self.club_us = nn.ModuleList(CLUBEstimator(cfg.unique_dim, cfg.shared_dim, ch) for _ in range(n_mod))
+            self.club_uu = nn.ModuleList(
+                CLUBEstimator(cfg.unique_dim, cfg.unique_dim, ch) for _ in combinations(range(n_mod), 2)
+            )
+
+    # ------------------------------------------------------------------ representations
+    @property
+    def component_names(self) -> list[str]:
+        names = ["shared", *(f"unique:{m}" for m in self.modalities)]
+        return [*names, "synergy"] if self.synergy is not None else names
+
+    def _input(self, k: int, items: Tensor) -> Tensor:
+        x = self._features[k].index_select(0, items)
+        return (x - getattr(self, f"feat_mean_{k}")) * getattr(self, f"feat_inv_std_{k}")
+
+    def encode(self, items: Tensor, sample: bool) -> PluginState:
+        """All representations of `items`; `sample` draws z = mu + sigma*eps, otherwise z = mu."""
+        zs, mus, sigmas = [], [], []
+        for k, enc in enumerate(self.encoders):
+            mu, sigma = enc(self._input(k, items))
+            z = mu + sigma * torch.randn_like(mu) if (sample and sigma is not None) else mu
+            zs.append(z)
+            mus.append(mu)
+            sigmas.append(sigma)
+        shared_m = [head(z) for head, z in zip(self.shared_heads, zs, strict=True)]
+        shared = torch.stack(shared_m).mean(0)
+        unique = [head(z) for head, z in zip(self.unique_heads, zs, strict=True)]
+        synergy = self.synergy(torch.cat(zs, -1)) if self.synergy is not None else None
+        parts = {"shared": self.proj_shared(shared)}
+        for m, proj, u in zip(self.modalities, self.proj_unique, unique, strict=True):
+            parts[f"unique:{m}"] = proj(u)
+        if synergy is not None:
+            parts["synergy"] = self.proj_synergy(synergy)
+        return PluginState(items, zs, mus, sigmas, shared_m, shared, unique, synergy, parts)
+
+    @torch.no_grad()
+    def catalogue_parts(self, n_items: int) -> dict[str, Tensor]:
+        """Deterministic (z = mu) components [n_items, d] for the whole catalogue, computed in blocks."""
+        device = self._features[0].device
+        blocks: dict[str, list[Tensor]] = {name: [] for name in self.component_names}
+        for start in range(0, n_items, EXPORT_BLOCK):
+            items = torch.arange(start, min(start + EXPORT_BLOCK, n_items), device=device)
+            for name, p in self.encode(items, sample=False).parts.items():
+                blocks[name].append(p)
+        return {name: torch.cat(b) for name, b in blocks.items()}
+
+    @torch.no_grad()
+    def representations(self, n_items: int) -> dict[str, Tensor]:
+        """Deterministic per-item codes for diagnostics: "z:<m>", "shared", "unique:<m>", "synergy"."""
+        device = self._features[0].device
+        out: dict[str, list[Tensor]] = {}
+        for start in range(0, n_items, EXPORT_BLOCK):
+            st = self.encode(torch.arange(start, min(start + EXPORT_BLOCK, n_items), device=device), sample=False)
+            reps = {f"z:{m}": z for m, z in zip(self.modalities, st.z, strict=True)}
+            reps["shared"] = st.shared
+            reps.update({f"unique:{m}": u for m, u in zip(self.modalities, st.unique, strict=True)})
+            if st.synergy is not None:
+                reps["synergy"] = st.synergy
+            for k, v in reps.items():
+                out.setdefault(k, []).append(v)
+        return {k: torch.cat(v) for k, v in out.items()}
+
+    # ------------------------------------------------------------------ losses
+    def _subset(self, n: int, device: torch.device) -> Tensor | None:
+        k = self.cfg.contrastive_max
+        return None if n <= k else torch.randperm(n, device=device)[:k]
+
+    def _masked_code(self, k: int, n: int, items: Tensor) -> Tensor:
+        """z_k for input x_k replaced per `synergy_mask` (deterministic mu: the intervention, not the noise)."""
+        enc = self.encoders[k]
+        if self.cfg.synergy_mask == "zero":
+            x = self._features[k].new_zeros(1, self._features[k].shape[1])
+            return enc(x)[0].expand(n, -1)
+        x = torch.randn(n, self._features[k].shape[1], device=items.device, dtype=self._features[k].dtype)
+        return enc(x)[0]
+
+    def masked_synergy(self, state: PluginState, k: int) -> Tensor:
+        """P_syn z_syn [N, d] recomputed with modality k withheld (other modalities' codes unchanged)."""
+        assert self.synergy is not None and self.proj_synergy is not None
+        zs = list(state.z)
+        zs[k] = self._masked_code(k, len(state.items), state.items)
+        return self.proj_synergy(self.synergy(torch.cat(zs, -1)))
+
+    def losses(self, state: PluginState, user: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
+        """Unweighted MRdIB terms for a batch.
+
+        user: [B, d] the backbone's final user vectors of the triples; pos, neg: int64 [B] positions of
+        each triple's items in `state.items`.
+        """
+        cfg, out = self.cfg, {}
+        n_mod = len(self.modalities)
+        device = user.device
+        if cfg.use_ib:
+            assert self.sufficiency_heads is not None
+            suf, kl = user.new_zeros(()), user.new_zeros(())
+            for head, z, mu, sigma in zip(self.sufficiency_heads, state.z, state.mu, state.sigma, strict=True):
+                q = head(z)
+                suf = suf + bpr_loss(user, q[pos], q[neg])
+                assert sigma is not None
+                kl = kl + 0.5 * (mu * mu + sigma * sigma - 2.0 * torch.log(sigma) - 1.0).sum(-1).mean()
+            out["mrdib_suf"], out["mrdib_kl"] = suf, kl
+
+        if cfg.use_unique:
+            rows = self._subset(len(pos), device)
+            p_rows = pos if rows is None else pos[rows]
+            e_u = user if rows is None else user[rows]
+            uni = user.new_zeros(())
+            for m in self.modalities:
+                uni = uni + info_nce(e_u, state.parts[f"unique:{m}"][p_rows], cfg.temperature)
+            out["mrdib_uni"] = uni
+            if self.cond_query is not None and self.cond_key is not None:
+                cond = user.new_zeros(())
+                for a in range(n_mod):
+                    query = self.cond_query[a](torch.cat([state.unique[a][p_rows], e_u], -1))
+                    for b in range(n_mod):
+                        if a != b:
+                            key = self.cond_key[b](state.unique[b][p_rows])
+                            cond = cond + info_nce(query, key, cfg.temperature, symmetric=False)
+                out["mrdib_uni_cond"] = cond
+
+        if cfg.use_redundant:
+            rows = self._subset(len(state.items), device)
+
+            def sub(t: Tensor) -> Tensor:
+                return t if rows is None else t[rows]
+
+            nce = user.new_zeros(())
+            for a, b in combinations(range(n_mod), 2):
+                nce = nce + info_nce(sub(state.shared_m[a]), sub(state.shared_m[b]), cfg.temperature)
+            out["mrdib_red_nce"] = nce
+            dep = user.new_zeros(())
+            pairs = list(combinations(range(n_mod), 2))
+            if self.club_us is not None and self.club_uu is not None:
+                for k in range(n_mod):
+                    dep = dep + self.club_us[k].estimate(state.unique[k], state.shared)
+                for est, (a, b) in zip(self.club_uu, pairs, strict=True):
+                    dep = dep + est.estimate(state.unique[a], state.unique[b])
+            else:
+                measure = hsic if cfg.redundancy_estimator == "hsic" else distance_correlation
+                for k in range(n_mod):
+                    dep = dep + measure(sub(state.unique[k]), sub(state.shared))
+                for a, b in pairs:
+                    dep = dep + measure(sub(state.unique[a]), sub(state.unique[b]))
+            out["mrdib_red_dep"] = dep
+
+        if cfg.use_synergy:
+            syn = state.parts["synergy"]
+            out["mrdib_syn_bpr"] = bpr_loss(user, syn[pos], syn[neg])
+            mask = user.new_zeros(())
+            for k in range(n_mod):
+                masked = self.masked_synergy(state, k)
+                margin = (user * (masked[pos] - masked[neg])).sum(-1)
+                mask = mask + ((torch.sigmoid(margin) - 0.5) ** 2).mean()
+            out["mrdib_syn_mask"] = mask
+        return out
+
+    def weighted_total(self, terms: dict[str, Tensor]) -> Tensor | None:
+        """L_IB + lambda_u L_uni + lambda_r L_red + lambda_s L_syn from `losses`' terms; None if all are off."""
+        cfg = self.cfg
+        weights = {
+            "mrdib_suf": 1.0,
+            "mrdib_kl": cfg.beta,
+            "mrdib_uni": cfg.lambda_u,
+            "mrdib_uni_cond": cfg.lambda_u,
+            "mrdib_red_nce": cfg.lambda_r,
+            "mrdib_red_dep": cfg.lambda_r * cfg.dependence_weight,
+            "mrdib_syn_bpr": cfg.lambda_s,
+            "mrdib_syn_mask": cfg.lambda_s,
+        }
+        total: Tensor | None = None
+        for name, value in terms.items():
+            total = value * weights[name] if total is None else total + value * weights[name]
+        return total
+
+    # ------------------------------------------------------------------ CLUB estimator step
+    def aux_parameters(self) -> list[nn.Parameter]:
+        if self.club_us is None or self.club_uu is None:
+            return []
+        return [*self.club_us.parameters(), *self.club_uu.parameters()]
+
+    def club_objective(self, state: PluginState) -> Tensor | None:
+        """Sum of the CLUB networks' negative log-likelihoods on (detached) representations."""
+        if self.club_us is None or self.club_uu is None:
+            return None
+        loss = sum(est.learning_loss(u, state.shared) for est, u in zip(self.club_us, state.unique, strict=True))
+        pairs = combinations(range(len(self.modalities)), 2)
+        for est, (a, b) in zip(self.club_uu, pairs, strict=True):
+            loss = loss + est.learning_loss(state.unique[a], state.unique[b])
+        assert isinstance(loss, Tensor)
+        return loss

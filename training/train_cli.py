@@ -1,0 +1,166 @@
+"""`mrdib train` and `mrdib experiment`.
+
+Scripts depend on this contract:
+
+    mrdib train --data PATH --backbone NAME [--mrdib/--no-mrdib] [--seed N] [--epochs N]
+                [--device auto|cpu|cuda] [--config FILE] [--set key=value ...] [--patience N]
+                [--resume DIR] --out DIR
+    torchrun --nproc_per_node N mrdib train ...          (DistributedDataParallel)
+    mrdib experiment --config FILE
+
+Precedence: defaults < --config file < --set overrides < explicit flags. With --resume DIR the
+run's own DIR/config.json replaces the defaults and the file; flags still override (e.g. more
+--epochs). Data problems (DataError) exit with status 2 and the message, never a traceback.
+torch and the models are imported inside the commands so `mrdib --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import typer
+
+DATA_ERROR_EXIT = 2
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """['backbone.n_layers=3', 'mrdib.beta=1e-3'] -> {'backbone.n_layers': 3, 'mrdib.beta': 0.001}.
+
+    Values are parsed as YAML scalars/lists (so 3 -> int, 1e-3 -> float, [10,20] -> list, true -> bool).
+    """
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"--set expects key=value, got {item!r}")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        # YAML 1.1 reads '1e-3' as a string; accept it as the float it obviously is.
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                value = float(value) if any(c in value for c in ".eE") else value
+        out[key.strip()] = value
+    return out
+
+
+def build_config(
+    config: Path | None,
+    overrides: dict[str, Any],
+    resume: Path | None = None,
+):
+    """TrainConfig from (resume DIR's config.json | config file) + dotted overrides; errors name the source."""
+    import json
+
+    from pydantic import ValidationError
+
+    from training.config import TrainConfig, load_config
+
+    try:
+        if resume is not None:
+            path = Path(resume) / "config.json"
+            if not path.is_file():
+                raise typer.BadParameter(f"{path}: not a checkpoint directory (no config.json)", param_hint="--resume")
+            data = json.loads(path.read_text(encoding="utf-8"))
+            for key, value in overrides.items():
+                node = data
+                *parents, leaf = key.split(".")
+                for p in parents:
+                    node = node.setdefault(p, {})
+                node[leaf] = value
+            return TrainConfig.model_validate(data)
+        return load_config(config, overrides)
+    except ValidationError as e:
+        where = f"{resume}/config.json" if resume else (str(config) if config else "options")
+        raise typer.BadParameter(f"invalid configuration ({where}): {e}") from None
+    except (OSError, ValueError) as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def train_command(
+    data: str | None = typer.Option(None, "--data", help="Dataset folder (MMRec/MovieLens) or synth:<preset>."),
+    backbone: str | None = typer.Option(None, "--backbone", help="bpr, lightgcn, vbpr, freedom, mgcn."),
+    mrdib: bool | None = typer.Option(None, "--mrdib/--no-mrdib", help="Add the MRdIB plug-in (default: config)."),
+    seed: int | None = typer.Option(None, "--seed"),
+    epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (early stopping may end sooner)."),
+    patience: int | None = typer.Option(None, "--patience", help="Epochs without validation improvement."),
+    batch_size: int | None = typer.Option(None, "--batch-size"),
+    lr: float | None = typer.Option(None, "--lr"),
+    device: str | None = typer.Option(None, "--device", help="auto (cuda if available), cpu or cuda."),
+    amp: bool | None = typer.Option(None, "--amp/--no-amp", help="bf16 autocast on CUDA."),
+    config: Path | None = typer.Option(None, "--config", help="YAML or TOML TrainConfig file."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Dotted override key=value (repeatable)."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this checkpoint DIR."),
+    out: Path | None = typer.Option(None, "--out", help="Checkpoint directory to write."),
+    cache_dir: Path = typer.Option(Path(".cache/datasets"), "--cache-dir", help="Where synth:<preset> data go."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train one model to early stop; write metrics.json, metrics.jsonl, curves.png and the checkpoint."""
+    from training.data.dataset import DataError
+
+    overrides = parse_overrides(set_)
+    flags = {
+        "data": data,
+        "backbone.name": backbone,
+        "mrdib.enabled": mrdib,
+        "seed": seed,
+        "epochs": epochs,
+        "patience": patience,
+        "batch_size": batch_size,
+        "lr": lr,
+        "device": device,
+        "amp": amp,
+    }
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    cfg = build_config(config, overrides, resume)
+    out_dir = resume if resume is not None else (out or (Path(cfg.out) if cfg.out else None))
+    if out_dir is None:
+        raise typer.BadParameter("--out DIR is required (or out: in the config)", param_hint="--out")
+    if cfg.data is None:
+        raise typer.BadParameter("--data PATH is required (or data: in the config)", param_hint="--data")
+    if resume is not None and out is not None and Path(out).resolve() != Path(resume).resolve():
+        raise typer.BadParameter("--resume continues in its own directory; drop --out or make it the same")
+    cfg = cfg.model_copy(update={"out": str(out_dir)})
+    try:
+        from training.experiment import resolve_dataset
+        from training.trainer import train
+
+        dataset = resolve_dataset(cfg.data, cache_dir)
+        result = train(cfg, dataset, Path(out_dir), resume=resume is not None, progress=progress)
+    except DataError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(DATA_ERROR_EXIT) from None
+    if result.test:
+        k = cfg.valid_metric
+        typer.echo(
+            f"best epoch {result.best_epoch + 1}: valid {k}={result.valid[k]:.4f} test {k}={result.test[k]:.4f} "
+            f"({result.epochs_run} epochs, {result.seconds:.1f}s) -> {out_dir}"
+        )
+
+
+def experiment_command(
+    config: Path = typer.Option(..., "--config", help="Experiment YAML (see configs/experiment-*.yaml)."),
+    only: list[str] | None = typer.Option(None, "--only", help="Run only rows whose label contains this text."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the runs and exit."),
+) -> None:
+    """Backbones x {plain, +MRdIB} x seeds (+ ablations) on one or more datasets; writes docs/RESULTS.md."""
+    from training.data.dataset import DataError
+    from training.experiment import load_experiment, run_experiment
+
+    try:
+        exp = load_experiment(config)
+    except (OSError, ValueError) as e:
+        raise typer.BadParameter(str(e), param_hint="--config") from None
+    try:
+        run_experiment(exp, config_path=config, only=only or [], dry_run=dry_run)
+    except DataError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(DATA_ERROR_EXIT) from None
+
+
+def register(app: typer.Typer) -> None:
+    """Add `train` and `experiment` to the root `mrdib` app (one line in mrdib/cli.py)."""
+    app.command("train")(train_command)
+    app.command("experiment")(experiment_command)
