@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import pytest
+# Two cores shared by everything: BLAS thread pools fighting over them make small tests 30x slower.
+# Must be set before numpy is first imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,8 +36,3 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     return os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # Two cores shared by everything: keep torch from oversubscribing them in tests.
-    os.environ.setdefault("OMP_NUM_THREADS", "2")

@@ -203,3 +203,16 @@ def test_shared_copy_with_short_feature_file_names_it(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"text_feat\.npy: 1681 rows"):
         load_mmrec(d)
 
+
+
+def test_crlf_bom_blank_lines_and_line_numbers(tmp_path: Path) -> None:
+    """Windows line ends, a BOM and blank lines load; errors still name the file's own line number."""
+    d = make_mmrec(tmp_path / "d")
+    lines = ["\ufeff" + HEADER, "", *GOOD_ROWS[:3], "  ", *GOOD_ROWS[3:]]
+    text = "\r\n".join(lines) + "\r\n"
+    (d / "tiny.inter").write_bytes(text.encode("utf-8"))
+    assert load_mmrec(d).counts() == {"train": 4, "valid": 1, "test": 1}
+    bad = text.replace(GOOD_ROWS[4], "1\t1\t2.0\t104\t7")  # GOOD_ROWS[4] sits on file line 8
+    (d / "tiny.inter").write_bytes(bad.encode("utf-8"))
+    with pytest.raises(DataError, match="line 8: x_label 7"):
+        load_mmrec(d)

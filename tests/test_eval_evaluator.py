@@ -123,9 +123,7 @@ def test_batching_gives_identical_results(split: int) -> None:
     ds = random_dataset(60, 50, 10, seed=3)
     gen = torch.Generator().manual_seed(0)
     scores = torch.round(torch.rand(60, 50, generator=gen) * 10) / 10  # coarse values: many ties
-    results = [
-        evaluate(lambda u: scores[u], ds, split, ks=(1, 5, 10, 20), batch_users=b) for b in (1, 7, ds.n_users)
-    ]
+    results = [evaluate(lambda u: scores[u], ds, split, ks=(1, 5, 10, 20), batch_users=b) for b in (1, 7, ds.n_users)]
     results.append(evaluate(lambda u: scores[u], ds, split, ks=(1, 5, 10, 20), max_block_scores=3 * 50))
     results.append(evaluate_scores(scores.numpy(), ds.csr(TRAIN), ds.csr(split), ks=(1, 5, 10, 20), batch_users=11))
     for r in results[1:]:
@@ -146,3 +144,16 @@ def test_cuda_scores_match_cpu() -> None:
     gpu_scores = scores.cuda()
     gpu = evaluate(lambda u: gpu_scores[u.cuda()], ds, TEST, ks=(5, 10))
     assert gpu == pytest.approx(cpu, abs=1e-12)
+
+
+def test_blocks_bound_the_score_memory() -> None:
+    # Each block holds at most max_block_scores scores, whatever batch_users says.
+    ds = random_dataset(40, 30, 8, seed=2)
+    sizes: list[int] = []
+
+    def score_fn(users: torch.Tensor) -> torch.Tensor:
+        sizes.append(len(users))
+        return torch.rand(len(users), 30)
+
+    r = evaluate(score_fn, ds, VALID, ks=(5,), batch_users=4096, max_block_scores=100)
+    assert max(sizes) == 3 and sum(sizes) == r["n_users"]

@@ -647,9 +647,9 @@ def run_retrain(settings: RetrainSettings, client: Any | None = None, publisher:
 
     root = Path(settings.artifacts)
     _metric_parts(settings.metric)
-    if publisher is None:
-        _export_function()
     with retrain_lock(root):
+        if publisher is None:
+            _export_function()
         state = load_state(root, settings.stream)
         rdir = retrain_dir(root)
         current = store.load_current(root, verify=False)
