@@ -23,3 +23,8 @@ app.command("serve")(serve)
 from training.retrain import retrain_command  # noqa: E402
 
 app.command("retrain")(retrain_command)
+from mrdib.artifact.cli import app as artifact_app  # noqa: E402
+from training.export.cli import export as export_command  # noqa: E402
+
+app.add_typer(artifact_app, name="artifact", help="Inspect and verify model artifacts.")
+app.command("export", help="Export a trained checkpoint as a new artifact version.")(export_command)

@@ -10,6 +10,7 @@ from tests._models_helpers import make, planted_dataset
 from training.data.dataset import TEST, TRAIN, VALID
 from training.models.freedom import FreedomParams, modality_mix_weights
 from training.models.graph import (
+    SparseMatrix,
     knn_edges,
     knn_item_graph,
     mix_graphs,
@@ -36,7 +37,7 @@ def test_blockwise_knn_equals_dense_reference(weighted: bool, block_size: int | 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(37, 5, generator=g) + 2.0  # shifted: top-k similarities are positive
     got = knn_item_graph(x, 4, weighted, block_size)
-    assert got.is_sparse and got._nnz() == 37 * 4
+    assert got.nnz == 37 * 4
     torch.testing.assert_close(got.to_dense(), dense_knn_reference(x, 4, weighted), rtol=1e-5, atol=1e-6)
 
 
@@ -48,7 +49,7 @@ def test_knn_includes_self_clamps_k_and_survives_zero_rows() -> None:
     nonzero = [r for r in range(6) if r != 2]
     top1 = knn_edges(x, 1)[1]
     assert all(int(top1[r]) == r for r in nonzero)  # self is its own nearest neighbour (as MMRec)
-    assert torch.isfinite(knn_item_graph(x, 3, True).values()).all()
+    assert torch.isfinite(knn_item_graph(x, 3, True).to_dense()).all()
     with pytest.raises(ValueError, match="k must be >= 1"):
         knn_edges(x, 0)
 
@@ -93,7 +94,7 @@ def test_freedom_pruning_keeps_configured_fraction(dropout: float) -> None:
     n_edges = model.edge_users.numel()
     model.on_epoch_start(0)
     first = model.masked_adj
-    assert first._nnz() == 2 * int(n_edges * (1 - dropout))
+    assert first.nnz == 2 * int(n_edges * (1 - dropout))
     if dropout == 0.0:
         assert first is model.full_adj
         return
@@ -155,3 +156,17 @@ def test_mix_graphs_is_weighted_sum() -> None:
     model, ctx = make("freedom", ds)
     ref = mix_graphs([knn_item_graph(ctx.features[m], 10, False) for m in ("meta", "text")], [0.5, 0.5])
     torch.testing.assert_close(model.mm_adj.to_dense(), ref.to_dense())
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_sparse_matrix_mm_forward_and_gradient_match_dense(symmetric: bool) -> None:
+    g = torch.Generator().manual_seed(1)
+    dense = torch.rand(9, 9, generator=g) * (torch.rand(9, 9, generator=g) < 0.3)
+    if symmetric:
+        dense = dense + dense.T
+    m = SparseMatrix(dense.to_sparse(), symmetric=symmetric)
+    x = torch.randn(9, 4, generator=g, requires_grad=True)
+    w = torch.randn(9, 4, generator=g)
+    (m.mm(x) * w).sum().backward()
+    torch.testing.assert_close(m.mm(x.detach()), dense @ x.detach())
+    torch.testing.assert_close(x.grad, dense.T @ w)

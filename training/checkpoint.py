@@ -176,4 +176,9 @@ def load_optimizers(path: Path, optimizers: dict) -> None:
                 state.setdefault(int(idx), {})[key] = v
         for idx, sc in info["scalars"].items():
             state.setdefault(int(idx), {}).update(sc)
-        opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+        # JSON turned tuples (Adam's betas) into lists; give them back their type.
+        groups = [
+            {k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
+            for g in info["param_groups"]
+        ]
+        opt.load_state_dict({"state": state, "param_groups": groups})

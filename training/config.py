@@ -55,7 +55,7 @@ class MRdIBConfig(_Cfg):
     club_hidden_dim: int = Field(64, ge=1, description="hidden width of each CLUB variational network q(y|x)")
     dependence_weight: float = Field(1.0, ge=0.0, description="weight of the u-s / u-u dependence penalty in L_red")
     contrastive_max: int = Field(
-        512, ge=2, description="in-batch rows used by InfoNCE / HSIC / dCor terms (random subset; caps O(n^2) cost)"
+        256, ge=2, description="in-batch rows used by InfoNCE / HSIC / dCor terms (random subset; caps O(n^2) cost)"
     )
 
 

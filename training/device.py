@@ -44,15 +44,23 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 
 
 def configure_threads(requested: int = 0, world_size: int = 1) -> int:
-    """Set torch's intra-op threads: `requested` if > 0, else the cores divided among local ranks.
+    """Set torch's intra-op threads and return the number used.
 
-    Oversubscription (2 DDP ranks x all cores each) makes CPU training several times slower.
+    `requested` > 0 is taken as is. Auto (0): this process's share of the cores (cores / local DDP
+    ranks), reduced to the cores the machine has idle right now (1-minute load average). Why: these
+    models run many small kernels, and OpenMP threads that compete for busy cores spin-wait; on a
+    shared 2-core box with load 9, two threads made FREEDOM+MRdIB ~20x slower than one.
     """
     if requested > 0:
         n = requested
     else:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        n = max(1, cores // max(1, world_size))
+        share = max(1, cores // max(1, world_size))
+        try:
+            idle = int(cores - os.getloadavg()[0] + 0.5)
+        except OSError:  # getloadavg is unavailable on some platforms
+            idle = share
+        n = max(1, min(share, idle))
     torch.set_num_threads(n)
     return n
 

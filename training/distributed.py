@@ -17,6 +17,7 @@ How the work is split (see training/trainer.py):
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -84,9 +85,13 @@ def wrap(model: nn.Module, info: DistInfo, device: torch.device, ignore: list[nn
         names = [n for n, p in model.named_parameters() if id(p) in ids]
         nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
     device_ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(
-        model, device_ids=device_ids, broadcast_buffers=False, find_unused_parameters=True
-    )
+    with warnings.catch_warnings():
+        # torch 2.13 deprecates broadcast_buffers in favour of forward_sync_buffers, whose False still
+        # syncs at init (sparse buffers cannot be broadcast); its own message says to keep this for now.
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=device_ids, broadcast_buffers=False, find_unused_parameters=True
+        )
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -128,6 +133,18 @@ def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=device)
     dist.broadcast(t, src=0)
     return bool(t.item())
+
+
+def params_in_sync(model: nn.Module, info: DistInfo, device: torch.device) -> bool:
+    """Whether every rank holds the same parameters (a guard: DDP keeps the main ones equal, our
+    manual all-reduce the CLUB ones; a bug in either shows up here). Compares per-tensor sums."""
+    if not info.enabled:
+        return True
+    sums = torch.stack([p.detach().double().sum() for p in model.parameters()]).to(device)
+    lo, hi = sums.clone(), sums.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    return bool(torch.allclose(lo, hi, rtol=1e-6, atol=1e-8))
 
 
 def barrier(info: DistInfo) -> None:

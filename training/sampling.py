@@ -114,6 +114,11 @@ def batch_bounds(n: int, batch_size: int, world_size: int = 1) -> list[tuple[int
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_size < world_size or n < world_size:
+        raise ValueError(
+            f"every rank needs at least one triple per step: batch_size={batch_size} and {n} training "
+            f"interactions must both be >= the world size {world_size}"
+        )
     bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
     if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < world_size:
         last = bounds.pop()

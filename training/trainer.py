@@ -137,7 +137,7 @@ def train(
     own_group = info.enabled and not torch.distributed.is_initialized()
     D.init(info, device)
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size)) if info.enabled else 1
-    configure_threads(cfg.threads, local_world)
+    n_threads = configure_threads(cfg.threads, local_world)
     ks = sorted(set(cfg.topk))
     metric_name, _, metric_k = cfg.valid_metric.partition("@")
     if metric_name not in ("recall", "ndcg", "precision", "map") or not metric_k.isdigit() or int(metric_k) not in ks:
@@ -168,6 +168,7 @@ def train(
     sampler = NegativeSampler(train_u, train_i, dataset.n_items)
     mask_csr, valid_csr, test_csr = dataset.csr(TRAIN), dataset.csr(VALID), dataset.csr(TEST)
     popularity = dataset.item_popularity()
+    eval_data = (mask_csr, valid_csr, test_csr, popularity)
     bounds = batch_bounds(len(train_u), cfg.batch_size, info.world_size)
 
     if info.is_main:
@@ -197,7 +198,10 @@ def train(
                 with autocast(device, cfg.amp):
                     terms = ddp(u, p, n)
                 opt.zero_grad(set_to_none=True)
-                terms["loss"].backward()
+                # DDP averages the ranks' gradients; weighting each rank's mean loss by its share of the
+                # global batch makes that average equal the full batch's mean gradient (halves of an
+                # odd-sized batch differ by one triple). Exactly 1.0 for a single process.
+                (terms["loss"] * (info.world_size * (hi - lo) / (e - s))).backward()
                 opt.step()
                 for _ in range(club_steps):  # the CLUB estimator's own objective, own optimiser
                     aux_opt.zero_grad(set_to_none=True)
@@ -252,8 +256,13 @@ def train(
                 break
 
     result = TrainResult(out, state.best_epoch, {}, {}, state.epoch + 1, state.stopped_early, state.seconds, history)
+    run_info = {
+        "threads": n_threads,
+        "world_size": info.world_size,
+        "ranks_in_sync": D.params_in_sync(model, info, device),
+    }
     if info.is_main:
-        result = _finish(out, model, best_state, state, history, cfg, mask_csr, valid_csr, test_csr, popularity, ks)
+        result = _finish(out, model, best_state, state, history, cfg, eval_data, ks, run_info)
     D.barrier(info)
     if own_group:
         D.shutdown()
@@ -277,7 +286,7 @@ def _evaluate(model: nn.Module, mask_csr, target_csr, popularity: np.ndarray, ks
         return run_evaluation(score_fn, mask_csr, target_csr, popularity, ks, batch_users)
 
 
-def _finish(out, model, best_state, state, history, cfg, mask_csr, valid_csr, test_csr, popularity, ks) -> TrainResult:
+def _finish(out, model, best_state, state, history, cfg, eval_data, ks, run_info: dict) -> TrainResult:
     """Restore the best-validation state, test it once, write metrics.json, embeddings and curves."""
     from training.plots import plot_curves
 
@@ -285,6 +294,7 @@ def _finish(out, model, best_state, state, history, cfg, mask_csr, valid_csr, te
         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         ckpt.save_state_dict(out / ckpt.MODEL, best_state, {"epoch": str(state.epoch)})
     model.load_state_dict(best_state)
+    mask_csr, valid_csr, test_csr, popularity = eval_data
     valid = _evaluate(model, mask_csr, valid_csr, popularity, ks, cfg.eval_batch_users)
     test = _evaluate(model, mask_csr, test_csr, popularity, ks, cfg.eval_batch_users)
     with eval_mode(model):
@@ -301,7 +311,7 @@ def _finish(out, model, best_state, state, history, cfg, mask_csr, valid_csr, te
         "mrdib": cfg.mrdib.enabled,
         "seed": cfg.seed,
         "device": str(next(model.parameters()).device),
-        "world_size": int(torch.distributed.get_world_size()) if torch.distributed.is_initialized() else 1,
+        **run_info,
     }
     ckpt.write_json(out, ckpt.METRICS, metrics)
     plot_curves(history, out / ckpt.CURVES, cfg.valid_metric)

@@ -34,8 +34,14 @@ CURRENT = "current"
 
 
 def new_version_id(now: datetime | None = None) -> str:
+    """`YYYYmmddTHHMMSSZ-` + 5 hex digits of microseconds + 3 random hex digits.
+
+    Ids sort by creation time to the microsecond (several publishes within one second stay in
+    order, which `list_versions` and keep-N pruning rely on); the random tail separates writers
+    that publish in the same microsecond (and `publish` refuses an existing id anyway).
+    """
     now = now or datetime.now(UTC)
-    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+    return f"{now:%Y%m%dT%H%M%SZ}-{now.microsecond:05x}{secrets.token_hex(2)[:3]}"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

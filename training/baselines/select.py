@@ -31,7 +31,7 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
         for k in (5, 10, 20, 50, 100)
         for mods, comb in ((["text"], "concat"), (["meta"], "concat"), (None, "concat"), (None, "mean"))
     ],
-    "bpr": [{"reg": reg} for reg in (1e-5, 1e-4, 1e-3, 1e-2)],
+    "bpr": [{"reg": reg} for reg in (1e-4, 1e-3, 1e-2, 3e-2, 1e-1)],
 }
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,8 @@ from training.export.towers import (
     user_histories,
     user_tower_vectors,
 )
+
+BaseFitter = Callable[[InteractionDataset], tuple[np.ndarray, np.ndarray]]
 
 
 def fit_bpr_mf(
@@ -112,17 +115,55 @@ def cold_split(ds: InteractionDataset, frac: float = 0.2, seed: int = 0) -> np.n
     return cold
 
 
-def cold_start_report(
-    ds: InteractionDataset, dim: int = 64, frac: float = 0.2, k: int = 20, seed: int = 0, epochs: int = 40
-) -> dict[str, float]:
-    """Fit BPR-MF without the cold items, the item tower on warm items; rank cold items for test users.
+def without_items(ds: InteractionDataset, drop: np.ndarray) -> InteractionDataset:
+    """The dataset minus every interaction (any split) with the items where `drop` is True."""
+    keep = ~drop[ds.items]
+    return InteractionDataset(
+        name=f"{ds.name}-warm", users=ds.users[keep], items=ds.items[keep], timestamps=ds.timestamps[keep],
+        splits=ds.splits[keep], user_ids=ds.user_ids, item_ids=ds.item_ids, features=ds.features,
+    )
 
+
+def train_base(cfg_path: Path | None, backbone: str) -> BaseFitter:
+    """A BaseFitter that trains with the project's trainer (config file and/or backbone name)."""
+
+    def fit(ds: InteractionDataset) -> tuple[np.ndarray, np.ndarray]:
+        import tempfile
+
+        from training.checkpoint import load_embeddings
+        from training.config import load_config
+        from training.trainer import train
+
+        cfg = load_config(cfg_path, {"backbone.name": backbone, "device": "cpu"})
+        with tempfile.TemporaryDirectory() as tmp:
+            train(cfg, ds, Path(tmp), progress=False)
+            emb = load_embeddings(Path(tmp))
+        return emb.user, emb.item
+
+    return fit
+
+
+def cold_start_report(
+    ds: InteractionDataset,
+    dim: int = 64,
+    frac: float = 0.2,
+    k: int = 20,
+    seed: int = 0,
+    epochs: int = 40,
+    fit_base: BaseFitter | None = None,
+) -> dict[str, float]:
+    """Fit the base model without the cold items, the item tower on warm items; rank cold items.
+
+    `fit_base`: dataset -> (user vectors, item vectors); default BPR-MF (`fit_bpr_mf`).
     Targets: every interaction (any split) between a user and a cold item; the base model
     never saw them, so all splits are fair. Exclusions: none needed (cold items are unseen).
     """
     cold = cold_split(ds, frac, seed)
     tr = (ds.splits == TRAIN) & ~cold[ds.items]
-    U, V = fit_bpr_mf(ds.n_users, ds.n_items, ds.users[tr], ds.items[tr], dim=dim, epochs=epochs, seed=seed)
+    if fit_base is None:
+        U, V = fit_bpr_mf(ds.n_users, ds.n_items, ds.users[tr], ds.items[tr], dim=dim, epochs=epochs, seed=seed)
+    else:
+        U, V = fit_base(without_items(ds, cold))
     warm_rows = np.flatnonzero(~cold & (np.bincount(ds.items[tr], minlength=ds.n_items) > 0))
     t0 = time.perf_counter()
     tower = fit_item_tower(ds.features, V, warm_rows, U, (ds.users[tr], ds.items[tr]))
@@ -156,10 +197,14 @@ def cold_start_report(
     }
 
 
-def main(data: Path, checkpoint: Path | None = None, max_history: int = 50) -> dict[str, float]:
-    from training.data.mmrec import load_mmrec
+def main(
+    data: Path, checkpoint: Path | None = None, max_history: int = 50, backbone: str | None = None,
+    config: Path | None = None,
+) -> dict[str, float | str]:
+    """User tower report on `checkpoint` (or BPR-MF) and cold-start report with `backbone` (or BPR-MF)."""
+    from training.data.load import load_dataset
 
-    ds = load_mmrec(data)
+    ds = load_dataset(data)
     if checkpoint is not None:
         from training.checkpoint import load_embeddings
 
@@ -168,8 +213,10 @@ def main(data: Path, checkpoint: Path | None = None, max_history: int = 50) -> d
     else:
         u, i = ds.split_pairs(TRAIN)
         U, V = fit_bpr_mf(ds.n_users, ds.n_items, u, i)
-    out = user_tower_report(ds, U, V, max_history)
-    out.update(cold_start_report(ds, dim=V.shape[1]))
+    out: dict[str, float | str] = dict(user_tower_report(ds, U, V, max_history))
+    fit_base = train_base(config, backbone) if backbone else None
+    out.update(cold_start_report(ds, dim=V.shape[1], fit_base=fit_base))
+    out["cold_base"] = backbone or "bpr-mf"
     return out
 
 
@@ -178,7 +225,9 @@ if __name__ == "__main__":
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--checkpoint", type=Path, default=None)
+    p.add_argument("--checkpoint", type=Path, default=None, help="learned vectors for the user tower report")
+    p.add_argument("--backbone", default=None, help="train the cold-start base with the trainer (e.g. lightgcn)")
+    p.add_argument("--config", type=Path, default=None, help="TrainConfig file for --backbone")
     p.add_argument("--max-history", type=int, default=50)
     a = p.parse_args()
-    print(json.dumps(main(a.data, a.checkpoint, a.max_history), indent=2))
+    print(json.dumps(main(a.data, a.checkpoint, a.max_history, a.backbone, a.config), indent=2))

@@ -26,6 +26,8 @@ Item tower
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,6 +82,23 @@ class UserTower(nn.Module):
         return self.proj(pooled) + self.mlp(torch.cat([pooled, loglen], dim=1))
 
 
+def inverse_std(std: np.ndarray, rel_floor: float = 0.01, constant: float = 1e-6) -> np.ndarray:
+    """Per-dimension input scale of the item tower.
+
+    Why not plain 1/std: a dimension that is (almost) constant over the training items would get a
+    huge weight, and a cold item that differs there (a genre no trained item had) would blow the
+    tower's output up. Constant dimensions (std < `constant`) carry no information the tower could
+    have learned from, so they get weight 0; the others are floored at `rel_floor` x the modality's
+    mean std.
+    """
+    std = np.asarray(std, dtype=np.float64)
+    live = std >= constant
+    if not live.any():
+        return np.zeros_like(std, dtype=np.float32)
+    floor = rel_floor * std[live].mean()
+    return np.where(live, 1.0 / np.maximum(std, floor), 0.0).astype(np.float32)
+
+
 class ItemTower(nn.Module):
     """Modality features -> item vector for cold-start items. See the module docstring.
 
@@ -94,7 +113,7 @@ class ItemTower(nn.Module):
         self.modalities = list(feature_stats)
         for k, (mean, std) in enumerate(feature_stats.values()):
             self.register_buffer(f"mean_{k}", torch.as_tensor(np.asarray(mean, np.float32)))
-            self.register_buffer(f"inv_std_{k}", torch.as_tensor(1.0 / np.maximum(np.asarray(std, np.float32), 1e-6)))
+            self.register_buffer(f"inv_std_{k}", torch.as_tensor(inverse_std(std)))
         d_in = sum(int(np.asarray(m).shape[0]) for m, _ in feature_stats.values())
         self.net = nn.Sequential(
             nn.Linear(d_in, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(),
@@ -147,6 +166,23 @@ class TowerFitConfig:
     history_dropout: float = 0.2
     n_negatives: int = 4
     seed: int = 0
+    threads: int | None = None  # torch intra-op threads while fitting; None: 1 below SMALL_FIT_ROWS rows, else as is
+
+
+# Below this many training rows a fit step is a few small matmuls: extra threads only add
+# synchronisation, and on a shared, busy machine OpenMP spin-waits made fits 5-7x slower.
+SMALL_FIT_ROWS = 200_000
+
+
+@contextmanager
+def _threads(cfg: TowerFitConfig, n_rows: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    n = cfg.threads if cfg.threads is not None else (1 if n_rows < SMALL_FIT_ROWS else before)
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _bpr(pos: Tensor, neg: Tensor) -> Tensor:
@@ -160,13 +196,21 @@ def fit_user_tower(
     max_history: int,
     cfg: TowerFitConfig | None = None,
 ) -> UserTower:
+    """Fit a UserTower (see ``_fit_user_tower``) with the thread policy of ``TowerFitConfig.threads``."""
+    cfg = cfg or TowerFitConfig()
+    with _threads(cfg, len(histories)):
+        return _fit_user_tower(histories, user_vectors, item_vectors, max_history, cfg)
+
+
+def _fit_user_tower(
+    histories: np.ndarray, user_vectors: np.ndarray, item_vectors: np.ndarray, max_history: int, cfg: TowerFitConfig
+) -> UserTower:
     """Fit a UserTower on users with a non-empty history; items stay frozen.
 
     Loss per batch: normalised MSE between the tower's output on the (dropout-thinned) history
     and the learned user vector, plus BPR of the dropped-out history items (or, where nothing was
     dropped, the input items) against random items.
     """
-    cfg = cfg or TowerFitConfig()
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     tower = UserTower(item_vectors, max_history)
@@ -228,6 +272,21 @@ def fit_item_tower(
     cfg: TowerFitConfig | None = None,
     hidden: int = 256,
 ) -> ItemTower:
+    """Fit an ItemTower (see ``_fit_item_tower``) with the thread policy of ``TowerFitConfig.threads``."""
+    cfg = cfg or TowerFitConfig()
+    with _threads(cfg, len(train_rows)):
+        return _fit_item_tower(features, item_vectors, train_rows, user_vectors, train_pairs, cfg, hidden)
+
+
+def _fit_item_tower(
+    features: dict[str, np.ndarray],
+    item_vectors: np.ndarray,
+    train_rows: np.ndarray,
+    user_vectors: np.ndarray | None,
+    train_pairs: tuple[np.ndarray, np.ndarray] | None,
+    cfg: TowerFitConfig,
+    hidden: int,
+) -> ItemTower:
     """Fit an ItemTower on the items `train_rows` (items with trained vectors).
 
     MSE (normalised by the mean squared norm of the targets) to the item vectors; when
@@ -235,7 +294,6 @@ def fit_item_tower(
     given, add BPR of the predicted item vector against the predicted vector of a random
     training item for that user, so that the tower preserves who likes what.
     """
-    cfg = cfg or TowerFitConfig()
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     train_rows = np.asarray(train_rows, dtype=np.int64)

@@ -42,6 +42,7 @@ from training.config import BackboneConfig
 from training.models.base import Backbone, ModelContext
 from training.models.common import ModelParams, bpr_loss, parse_params, require_modalities, xavier_embedding
 from training.models.graph import (
+    SparseMatrix,
     bipartite_norm_values,
     knn_item_graph,
     lightgcn_propagate,
@@ -107,7 +108,7 @@ class FREEDOM(Backbone):
         self.edge_users, self.edge_items = unique_edges(ctx.train_users, ctx.train_items, ctx.n_users, ctx.n_items)
         self.edge_weights = bipartite_norm_values(self.edge_users, self.edge_items, ctx.n_users, ctx.n_items)
         self.full_adj = norm_adjacency(self.edge_users, self.edge_items, ctx.n_users, ctx.n_items)
-        self.masked_adj: Tensor | None = None
+        self.masked_adj: SparseMatrix | None = None
 
     @property
     def n_keep(self) -> int:
@@ -131,7 +132,7 @@ class FREEDOM(Backbone):
             adj = self.full_adj
         h = self.item_emb  # [I, d] item-item view
         for _ in range(self.params.n_mm_layers):
-            h = torch.sparse.mm(self.mm_adj, h)
+            h = self.mm_adj.mm(h)
         ego = torch.cat([self.user_emb, self.item_emb], dim=0)  # [(U+I), d]
         out = lightgcn_propagate(adj, ego, self.n_ui_layers)
         return out[: self.n_users], out[self.n_users :] + h

@@ -6,9 +6,16 @@ an item-item kNN graph from features. The kNN graph is built block-wise (a block
 all items, keeping the top-k per row) so that a 100k-item catalogue never materialises a dense
 n_items x n_items similarity matrix. Everything is torch.sparse (COO, coalesced) on the caller's
 device; nothing here draws random numbers except `sample_edges`, which uses torch's global RNG.
+
+Graphs are `SparseMatrix` objects: the COO form (for inspection and mixing) plus CSR copies of the
+matrix and its transpose, multiplied through a custom autograd function. Why: autograd's own
+backward of torch.sparse.mm transposes and re-sorts the COO matrix on every step; with the
+transpose prepared once, a LightGCN step on ml-100k is ~6x faster on CPU.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +24,58 @@ from torch import Tensor
 #: Upper bound on the elements of one similarity block (rows x n_items) when block_size is auto:
 #: 2**25 float32 = 128 MiB, small enough for a laptop and for a GPU sharing memory with training.
 KNN_BLOCK_ELEMENTS = 1 << 25
+
+
+class _SpMM(torch.autograd.Function):
+    """y = A x with dL/dx = A^T dL/dy; A and A^T are constant CSR matrices (no gradient)."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, a_t: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.a_t, ctx.x_dtype = a_t, x.dtype
+        # Sparse kernels run in the graph's dtype (float32) even under bf16 autocast.
+        return a @ x.to(a.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, None, Tensor]:  # type: ignore[override]
+        return None, None, (ctx.a_t @ grad.to(ctx.a_t.dtype)).to(ctx.x_dtype)
+
+
+class SparseMatrix:
+    """A constant sparse matrix for message passing: `m.mm(x)` is A @ x, differentiable in x.
+
+    Parameters
+    ----------
+    coo:
+        the matrix as a torch sparse COO tensor (coalesced here).
+    symmetric:
+        A == A^T (the user-item adjacency): the CSR copy doubles as the transpose.
+    """
+
+    def __init__(self, coo: Tensor, symmetric: bool = False) -> None:
+        self.coo = coo.coalesce()
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": we use only matmul
+            warnings.simplefilter("ignore", UserWarning)
+            self.csr = self.coo.to_sparse_csr()
+            self.csr_t = self.csr if symmetric else self.coo.t().coalesce().to_sparse_csr()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.coo.shape[0]), int(self.coo.shape[1]))
+
+    @property
+    def nnz(self) -> int:
+        return int(self.coo._nnz())
+
+    def indices(self) -> Tensor:
+        """int64 [2, nnz] (row, col) pairs, sorted."""
+        return self.coo.indices()
+
+    def to_dense(self) -> Tensor:
+        return self.coo.to_dense()
+
+    def mm(self, x: Tensor) -> Tensor:
+        """A @ x for dense x [n_cols, d] -> [n_rows, d]."""
+        return _SpMM.apply(self.csr, self.csr_t, x)
 
 
 def unique_edges(users: Tensor, items: Tensor, n_users: int, n_items: int) -> tuple[Tensor, Tensor]:
@@ -46,7 +105,7 @@ def bipartite_norm_values(users: Tensor, items: Tensor, n_users: int, n_items: i
     return (du[users] + 1e-7).rsqrt() * (di[items] + 1e-7).rsqrt()
 
 
-def norm_adjacency(users: Tensor, items: Tensor, n_users: int, n_items: int) -> Tensor:
+def norm_adjacency(users: Tensor, items: Tensor, n_users: int, n_items: int) -> SparseMatrix:
     """Symmetric-normalised adjacency of the user-item graph, sparse [(U+I), (U+I)].
 
     Rows/columns 0..U-1 are users, U..U+I-1 items. `users`/`items` must already be unique edges.
@@ -55,25 +114,23 @@ def norm_adjacency(users: Tensor, items: Tensor, n_users: int, n_items: int) -> 
     n = n_users + n_items
     rows = torch.cat([users, items + n_users])
     cols = torch.cat([items + n_users, users])
-    return torch.sparse_coo_tensor(
-        torch.stack([rows, cols]), torch.cat([vals, vals]), (n, n), check_invariants=False
-    ).coalesce()
+    coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.cat([vals, vals]), (n, n), check_invariants=False)
+    return SparseMatrix(coo, symmetric=True)
 
 
-def norm_interactions(users: Tensor, items: Tensor, n_users: int, n_items: int) -> Tensor:
+def norm_interactions(users: Tensor, items: Tensor, n_users: int, n_items: int) -> SparseMatrix:
     """The user-item block of `norm_adjacency`, sparse [U, I] (MGCN's R: item views -> users)."""
     vals = bipartite_norm_values(users, items, n_users, n_items)
-    return torch.sparse_coo_tensor(
-        torch.stack([users, items]), vals, (n_users, n_items), check_invariants=False
-    ).coalesce()
+    coo = torch.sparse_coo_tensor(torch.stack([users, items]), vals, (n_users, n_items), check_invariants=False)
+    return SparseMatrix(coo)
 
 
-def lightgcn_propagate(adj: Tensor, ego: Tensor, n_layers: int) -> Tensor:
+def lightgcn_propagate(adj: SparseMatrix, ego: Tensor, n_layers: int) -> Tensor:
     """Mean of the layer outputs E_0 .. E_L with E_{l+1} = adj @ E_l (LightGCN, layer 0 included)."""
     layers = [ego]
     h = ego
     for _ in range(n_layers):
-        h = torch.sparse.mm(adj, h)
+        h = adj.mm(h)
         layers.append(h)
     return torch.stack(layers, dim=0).mean(dim=0)
 
@@ -130,7 +187,7 @@ def row_sym_normalize(rows: Tensor, cols: Tensor, vals: Tensor, n: int) -> Tenso
 
 
 @torch.no_grad()
-def knn_item_graph(features: Tensor, k: int, weighted: bool, block_size: int | None = None) -> Tensor:
+def knn_item_graph(features: Tensor, k: int, weighted: bool, block_size: int | None = None) -> SparseMatrix:
     """Normalised item-item kNN graph, sparse [n, n] coalesced, n*k entries at most.
 
     weighted=False: binary edges (FREEDOM); weighted=True: cosine-weighted edges (MGCN).
@@ -139,17 +196,17 @@ def knn_item_graph(features: Tensor, k: int, weighted: bool, block_size: int | N
     rows, cols, sims = knn_edges(features, k, block_size)
     vals = sims if weighted else torch.ones_like(sims)
     vals = row_sym_normalize(rows, cols, vals, n)
-    return torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n, n), check_invariants=False).coalesce()
+    return SparseMatrix(torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n, n), check_invariants=False))
 
 
-def mix_graphs(graphs: list[Tensor], weights: list[float]) -> Tensor:
+def mix_graphs(graphs: list[SparseMatrix], weights: list[float]) -> SparseMatrix:
     """sum_m w_m * G_m for sparse graphs of one shape (FREEDOM's modality mixing)."""
     if not graphs or len(graphs) != len(weights):
         raise ValueError(f"need one weight per graph, got {len(graphs)} graphs and {len(weights)} weights")
-    out = graphs[0] * weights[0]
+    out = graphs[0].coo * weights[0]
     for g, w in zip(graphs[1:], weights[1:], strict=True):
-        out = out + g * w
-    return out.coalesce()
+        out = out + g.coo * w
+    return SparseMatrix(out)
 
 
 def sample_edges(weights: Tensor, n_keep: int) -> Tensor:

@@ -105,8 +105,8 @@ class MGCN(Backbone):
         """Purified item view of modality m propagated over its kNN graph, with users: [(U+I), d]."""
         h = self.item_emb * self.purify_gate[m](self.proj[m](self.feat[m]))  # [I, d]
         for _ in range(self.params.n_mm_layers):
-            h = torch.sparse.mm(self.mm_adj[m], h)
-        return torch.cat([torch.sparse.mm(self.R, h), h], dim=0)
+            h = self.mm_adj[m].mm(h)
+        return torch.cat([self.R.mm(h), h], dim=0)
 
     def propagate(self) -> tuple[Tensor, Tensor]:
         ego = torch.cat([self.user_emb, self.item_emb], dim=0)  # [(U+I), d]

@@ -34,8 +34,10 @@ Concrete choices where MRdIB.md leaves one open (each is switchable through MRdI
 - Averages: KL, redundancy and dependence terms are over the batch's DISTINCT items (popular items are
   not over-weighted); ranking terms (sufficiency, unique, synergy) are over triples, like BPR.
   Per-modality terms are summed over modalities, as in MRdIB.md's L_suf and L_syn.
-- O(n^2) terms (InfoNCE, HSIC, dCor) use a random subset of at most `contrastive_max` rows, drawn
-  with torch's RNG (reproducible); CLUB is O(n) and uses all distinct items.
+- Cost: the content vector needs every distinct item of the batch, but the auxiliary terms do not. The
+  InfoNCE terms, the dependence estimates (CLUB, HSIC, dCor) and the synergy interventions use a random
+  subset of at most `contrastive_max` rows (distinct items, or triples for the user-facing terms), drawn
+  with torch's RNG (reproducible). KL, sufficiency and the synergy BPR use everything (they are O(n)).
 - Switches: a term that is off contributes nothing and its modules are not built (so DDP sees no
   unused parameters). use_synergy off removes the synergy branch altogether (no "synergy" component);
   use_unique / use_redundant off remove only their critics/estimators (the shared/unique heads are
@@ -56,9 +58,11 @@ from training.models.base import ModelContext
 from training.models.mrdib_dependence import (
     CLUBEstimator,
     bpr_loss,
-    distance_correlation,
-    hsic,
+    distance_gram,
+    gram_dependence,
     info_nce,
+    rbf_gram,
+    standardise,
 )
 
 #: items per block when representations are computed for the whole catalogue (eval / export)
@@ -67,21 +71,64 @@ _SIGMA_SHIFT = 5.0  # sigma = softplus(W_s h - 5): starts near 0.007, i.e. an al
 
 
 class ModalityEncoder(nn.Module):
-    """h = LeakyReLU(W x); mu = W_mu h; sigma = softplus(W_s h - 5) (only when stochastic)."""
+    """h = LeakyReLU(W x_std + b); mu = W_mu h; sigma = softplus(W_s h - 5) (only when stochastic).
 
-    def __init__(self, in_dim: int, hidden_dim: int, latent_dim: int, stochastic: bool) -> None:
+    x_std = (x - mean) * inv_std is the standardised input. `forward(x, raw=True)` takes raw features and folds
+    the standardisation into the first layer, W x_std + b = (W * inv_std) x + (b - (W * inv_std) mean), which
+    costs O(hidden * d_in) per step instead of two elementwise passes over every [n, d_in] input.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, latent_dim: int, stochastic: bool, x: Tensor) -> None:
         super().__init__()
-        self.hidden = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.LeakyReLU(0.2))
+        self.register_buffer("mean", x.mean(0))
+        self.register_buffer("inv_std", 1.0 / x.std(0, unbiased=False).clamp_min(1e-6))
+        self.hidden = nn.Linear(in_dim, hidden_dim)
         self.mu = nn.Linear(hidden_dim, latent_dim)
         self.sigma = nn.Linear(hidden_dim, latent_dim) if stochastic else None
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        h = self.hidden(x)
+    def forward(self, x: Tensor, raw: bool = True) -> tuple[Tensor, Tensor | None]:
+        if raw:
+            w = self.hidden.weight * self.inv_std
+            pre = F.linear(x, w, self.hidden.bias - w @ self.mean)
+        else:
+            pre = self.hidden(x)
+        h = F.leaky_relu(pre, 0.2)
         mu = self.mu(h)
         if self.sigma is None:
             return mu, None
         sigma = F.softplus(self.sigma(h) - _SIGMA_SHIFT).clamp_min(1e-8)
         return mu, sigma
+
+
+class SynergyBranch(nn.Module):
+    """z_syn = W2 LeakyReLU(W1 [z_1; ...; z_M] + b1) + b2: a 2-layer MLP over the concatenated codes.
+
+    W1 [z_1; ...; z_M] is evaluated as sum_k W1_k z_k (column blocks of the same W1) and the blocks are kept,
+    so that the intervention "modality k withheld" only recomputes block k: W1 [..; z'_k; ..] =
+    pre - W1_k z_k + W1_k z'_k. With the zero mask z'_k is one row shared by all items, so each of the M
+    interventions costs a second layer only, not a full forward pass.
+    """
+
+    def __init__(self, n_modalities: int, latent_dim: int, hidden_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.first = nn.Linear(n_modalities * latent_dim, hidden_dim)
+        self.second = nn.Linear(hidden_dim, out_dim)
+
+    def block(self, k: int, z: Tensor) -> Tensor:
+        """W1_k z (no bias): modality k's contribution to the first layer."""
+        lat = self.latent_dim
+        return F.linear(z, self.first.weight[:, k * lat : (k + 1) * lat])
+
+    def head(self, pre: Tensor) -> Tensor:
+        return self.second(F.leaky_relu(pre + self.first.bias, 0.2))
+
+    def forward(self, zs: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        blocks = [self.block(k, z) for k, z in enumerate(zs)]
+        pre = blocks[0]
+        for b in blocks[1:]:
+            pre = pre + b
+        return self.head(pre), blocks
 
 
 @dataclass
@@ -96,6 +143,7 @@ class PluginState:
     shared: Tensor  # [N, shared] mean of shared_m: THE shared representation
     unique: list[Tensor]  # per modality [N, unique]
     synergy: Tensor | None  # [N, synergy] or None (use_synergy off)
+    synergy_blocks: list[Tensor] | None  # per modality [N, hidden]: W1_k z_k (see SynergyBranch)
     parts: dict[str, Tensor] = field(default_factory=dict)  # component name -> [N, d] (P's blocks)
 
     @property
@@ -122,29 +170,22 @@ class MRdIB(nn.Module):
         # Plain attributes, not buffers: a buffer would be copied into every checkpoint and broadcast by
         # DDP at every step; the features are data, already on ctx.device.
         self._features: list[Tensor] = []
-        for k, m in enumerate(self.modalities):
+        for m in self.modalities:
             x = ctx.features[m]
             if x.ndim != 2 or x.shape[0] != ctx.n_items:
                 raise ValueError(f"features[{m!r}] must be [n_items={ctx.n_items}, d], got {tuple(x.shape)}")
-            x = x.float()
-            self._features.append(x)
-            self.register_buffer(f"feat_mean_{k}", x.mean(0))
-            self.register_buffer(f"feat_inv_std_{k}", 1.0 / x.std(0, unbiased=False).clamp_min(1e-6))
+            self._features.append(x.float())
 
         lat, hid = cfg.latent_dim, cfg.hidden_dim
         self.encoders = nn.ModuleList(
-            ModalityEncoder(x.shape[1], hid, lat, stochastic=cfg.use_ib) for x in self._features
+            ModalityEncoder(x.shape[1], hid, lat, stochastic=cfg.use_ib, x=x) for x in self._features
         )
         self.sufficiency_heads = (
             nn.ModuleList(nn.Linear(lat, dim, bias=False) for _ in range(n_mod)) if cfg.use_ib else None
         )
         self.shared_heads = nn.ModuleList(nn.Linear(lat, cfg.shared_dim) for _ in range(n_mod))
         self.unique_heads = nn.ModuleList(nn.Linear(lat, cfg.unique_dim) for _ in range(n_mod))
-        self.synergy = (
-            nn.Sequential(nn.Linear(n_mod * lat, hid), nn.LeakyReLU(0.2), nn.Linear(hid, cfg.synergy_dim))
-            if cfg.use_synergy
-            else None
-        )
+        self.synergy = SynergyBranch(n_mod, lat, hid, cfg.synergy_dim) if cfg.use_synergy else None
         # P, one block per component (no bias: see the module docstring)
         self.proj_shared = nn.Linear(cfg.shared_dim, dim, bias=False)
         self.proj_unique = nn.ModuleList(nn.Linear(cfg.unique_dim, dim, bias=False) for _ in range(n_mod))
@@ -153,9 +194,7 @@ class MRdIB(nn.Module):
         pairs = n_mod >= 2
         if cfg.use_unique and pairs:
             self.cond_query = nn.ModuleList(
-                nn.Sequential(
-                    nn.Linear(cfg.unique_dim + dim, hid), nn.LeakyReLU(0.2), nn.Linear(hid, cfg.unique_dim)
-                )
+                nn.Sequential(nn.Linear(cfg.unique_dim + dim, hid), nn.LeakyReLU(0.2), nn.Linear(hid, cfg.unique_dim))
                 for _ in range(n_mod)
             )
             self.cond_key = nn.ModuleList(nn.Linear(cfg.unique_dim, cfg.unique_dim) for _ in range(n_mod))
@@ -172,19 +211,20 @@ class MRdIB(nn.Module):
 
     # ------------------------------------------------------------------ representations
     @property
+    def raw_features(self) -> dict[str, Tensor]:
+        """modality -> the item features [n_items, d_m] the encoders read (not standardised)."""
+        return dict(zip(self.modalities, self._features, strict=True))
+
+    @property
     def component_names(self) -> list[str]:
         names = ["shared", *(f"unique:{m}" for m in self.modalities)]
         return [*names, "synergy"] if self.synergy is not None else names
-
-    def _input(self, k: int, items: Tensor) -> Tensor:
-        x = self._features[k].index_select(0, items)
-        return (x - getattr(self, f"feat_mean_{k}")) * getattr(self, f"feat_inv_std_{k}")
 
     def encode(self, items: Tensor, sample: bool) -> PluginState:
         """All representations of `items`; `sample` draws z = mu + sigma*eps, otherwise z = mu."""
         zs, mus, sigmas = [], [], []
         for k, enc in enumerate(self.encoders):
-            mu, sigma = enc(self._input(k, items))
+            mu, sigma = enc(self._features[k].index_select(0, items))
             z = mu + sigma * torch.randn_like(mu) if (sample and sigma is not None) else mu
             zs.append(z)
             mus.append(mu)
@@ -192,13 +232,13 @@ class MRdIB(nn.Module):
         shared_m = [head(z) for head, z in zip(self.shared_heads, zs, strict=True)]
         shared = torch.stack(shared_m).mean(0)
         unique = [head(z) for head, z in zip(self.unique_heads, zs, strict=True)]
-        synergy = self.synergy(torch.cat(zs, -1)) if self.synergy is not None else None
+        synergy, blocks = self.synergy(zs) if self.synergy is not None else (None, None)
         parts = {"shared": self.proj_shared(shared)}
         for m, proj, u in zip(self.modalities, self.proj_unique, unique, strict=True):
             parts[f"unique:{m}"] = proj(u)
         if synergy is not None:
             parts["synergy"] = self.proj_synergy(synergy)
-        return PluginState(items, zs, mus, sigmas, shared_m, shared, unique, synergy, parts)
+        return PluginState(items, zs, mus, sigmas, shared_m, shared, unique, synergy, blocks, parts)
 
     @torch.no_grad()
     def catalogue_parts(self, n_items: int) -> dict[str, Tensor]:
@@ -232,21 +272,27 @@ class MRdIB(nn.Module):
         k = self.cfg.contrastive_max
         return None if n <= k else torch.randperm(n, device=device)[:k]
 
-    def _masked_code(self, k: int, n: int, items: Tensor) -> Tensor:
-        """z_k for input x_k replaced per `synergy_mask` (deterministic mu: the intervention, not the noise)."""
-        enc = self.encoders[k]
-        if self.cfg.synergy_mask == "zero":
-            x = self._features[k].new_zeros(1, self._features[k].shape[1])
-            return enc(x)[0].expand(n, -1)
-        x = torch.randn(n, self._features[k].shape[1], device=items.device, dtype=self._features[k].dtype)
-        return enc(x)[0]
+    def _masked_code(self, k: int, n: int) -> Tensor:
+        """z_k for input x_k replaced per `synergy_mask` (deterministic mu: the intervention, not the noise).
 
-    def masked_synergy(self, state: PluginState, k: int) -> Tensor:
-        """P_syn z_syn [N, d] recomputed with modality k withheld (other modalities' codes unchanged)."""
-        assert self.synergy is not None and self.proj_synergy is not None
-        zs = list(state.z)
-        zs[k] = self._masked_code(k, len(state.items), state.items)
-        return self.proj_synergy(self.synergy(torch.cat(zs, -1)))
+        [1, latent] for "zero" (the same input for every item), [n, latent] for "noise"."""
+        enc, ref = self.encoders[k], self._features[k]
+        if self.cfg.synergy_mask == "zero":
+            return enc(ref.new_zeros(1, ref.shape[1]), raw=False)[0]
+        return enc(torch.randn(n, ref.shape[1], device=ref.device, dtype=ref.dtype), raw=False)[0]
+
+    def masked_synergy(self, state: PluginState, k: int, at: Tensor) -> Tensor:
+        """P_syn z_syn [len(at), d] of the items at positions `at` of `state.items`, with modality k withheld.
+
+        The other modalities' codes are unchanged (the intervention replaces x_k only)."""
+        assert self.synergy is not None and self.proj_synergy is not None and state.synergy_blocks is not None
+        pre = None
+        for j, b in enumerate(state.synergy_blocks):
+            if j != k:
+                pre = b[at] if pre is None else pre + b[at]
+        masked = self.synergy.block(k, self._masked_code(k, len(at)))
+        pre = masked.expand(len(at), -1) if pre is None else pre + masked
+        return self.proj_synergy(self.synergy.head(pre))
 
     def losses(self, state: PluginState, user: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
         """Unweighted MRdIB terms for a batch.
@@ -298,25 +344,31 @@ class MRdIB(nn.Module):
             dep = user.new_zeros(())
             pairs = list(combinations(range(n_mod), 2))
             if self.club_us is not None and self.club_uu is not None:
+                s_std, u_std = standardise(sub(state.shared)), [standardise(sub(u)) for u in state.unique]
                 for k in range(n_mod):
-                    dep = dep + self.club_us[k].estimate(state.unique[k], state.shared)
+                    dep = dep + self.club_us[k].estimate(u_std[k], s_std, standardised=True)
                 for est, (a, b) in zip(self.club_uu, pairs, strict=True):
-                    dep = dep + est.estimate(state.unique[a], state.unique[b])
-            else:
-                measure = hsic if cfg.redundancy_estimator == "hsic" else distance_correlation
+                    dep = dep + est.estimate(u_std[a], u_std[b], standardised=True)
+            else:  # each centred Gram matrix once, then all pairs
+                gram = rbf_gram if cfg.redundancy_estimator == "hsic" else distance_gram
+                g_s = gram(sub(state.shared))
+                g_u = [gram(sub(u)) for u in state.unique]
                 for k in range(n_mod):
-                    dep = dep + measure(sub(state.unique[k]), sub(state.shared))
+                    dep = dep + gram_dependence(g_u[k], g_s)
                 for a, b in pairs:
-                    dep = dep + measure(sub(state.unique[a]), sub(state.unique[b]))
+                    dep = dep + gram_dependence(g_u[a], g_u[b])
             out["mrdib_red_dep"] = dep
 
         if cfg.use_synergy:
             syn = state.parts["synergy"]
             out["mrdib_syn_bpr"] = bpr_loss(user, syn[pos], syn[neg])
+            rows = self._subset(len(pos), device)
+            p_rows, n_rows = (pos, neg) if rows is None else (pos[rows], neg[rows])
+            e_u = user if rows is None else user[rows]
             mask = user.new_zeros(())
             for k in range(n_mod):
-                masked = self.masked_synergy(state, k)
-                margin = (user * (masked[pos] - masked[neg])).sum(-1)
+                masked = self.masked_synergy(state, k, torch.cat([p_rows, n_rows]))
+                margin = (e_u * (masked[: len(p_rows)] - masked[len(p_rows) :])).sum(-1)
                 mask = mask + ((torch.sigmoid(margin) - 0.5) ** 2).mean()
             out["mrdib_syn_mask"] = mask
         return out
@@ -345,13 +397,18 @@ class MRdIB(nn.Module):
             return []
         return [*self.club_us.parameters(), *self.club_uu.parameters()]
 
-    def club_objective(self, state: PluginState) -> Tensor | None:
-        """Sum of the CLUB networks' negative log-likelihoods on (detached) representations."""
+    def club_objective(self, unique: list[Tensor], shared: Tensor) -> Tensor | None:
+        """Sum of the CLUB networks' negative log-likelihoods on (detached) unique / shared codes."""
         if self.club_us is None or self.club_uu is None:
             return None
-        loss = sum(est.learning_loss(u, state.shared) for est, u in zip(self.club_us, state.unique, strict=True))
+        rows = self._subset(shared.shape[0], shared.device)  # same row budget as the estimate in `losses`
+        if rows is not None:
+            shared, unique = shared[rows], [u[rows] for u in unique]
+        shared = standardise(shared.detach())
+        unique = [standardise(u.detach()) for u in unique]
+        loss = sum(est.learning_loss(u, shared, standardised=True) for est, u in zip(self.club_us, unique, strict=True))
         pairs = combinations(range(len(self.modalities)), 2)
         for est, (a, b) in zip(self.club_uu, pairs, strict=True):
-            loss = loss + est.learning_loss(state.unique[a], state.unique[b])
+            loss = loss + est.learning_loss(unique[a], unique[b], standardised=True)
         assert isinstance(loss, Tensor)
         return loss

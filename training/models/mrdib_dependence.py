@@ -70,9 +70,13 @@ class CLUBEstimator(nn.Module):
         logvar = _LOGVAR_BOUND * torch.tanh(F.linear(h, p(self.logvar.weight), p(self.logvar.bias)) / _LOGVAR_BOUND)
         return mu, logvar
 
-    def estimate(self, x: Tensor, y: Tensor) -> Tensor:
-        """MI upper bound (clamped >= 0), differentiable in x and y, NOT in the estimator's parameters."""
-        x, y = _standardise(x), _standardise(y)
+    def estimate(self, x: Tensor, y: Tensor, standardised: bool = False) -> Tensor:
+        """MI upper bound (clamped >= 0), differentiable in x and y, NOT in the estimator's parameters.
+
+        `standardised=True` says x and y already went through `standardise` (saves recomputing it per pair).
+        """
+        if not standardised:
+            x, y = standardise(x), standardise(y)
         mu, logvar = self._gaussian(x, frozen=True)
         inv_var = torch.exp(-logvar)
         positive = -0.5 * ((mu - y) ** 2 * inv_var).sum(-1)
@@ -81,14 +85,16 @@ class CLUBEstimator(nn.Module):
         negative = -0.5 * (((mu - y_mean) ** 2 + y_var) * inv_var).sum(-1)
         return (positive - negative).mean().clamp_min(0.0)
 
-    def learning_loss(self, x: Tensor, y: Tensor) -> Tensor:
+    def learning_loss(self, x: Tensor, y: Tensor, standardised: bool = False) -> Tensor:
         """Negative log-likelihood of y under q(y|x) (constants dropped); gradients reach only this network."""
-        x, y = _standardise(x.detach()), _standardise(y.detach())
+        x, y = x.detach(), y.detach()
+        if not standardised:
+            x, y = standardise(x), standardise(y)
         mu, logvar = self._gaussian(x, frozen=False)
         return 0.5 * (((mu - y) ** 2) * torch.exp(-logvar) + logvar).sum(-1).mean()
 
 
-def _standardise(t: Tensor) -> Tensor:
+def standardise(t: Tensor) -> Tensor:
     """Per-dimension batch standardisation. MI is invariant to it, and it keeps q(y|x) at a fixed scale while
     the encoders' output scale drifts during training (otherwise q lags behind and the bound is meaningless)."""
     return (t - t.mean(0, keepdim=True)) / t.std(0, unbiased=False, keepdim=True).clamp_min(1e-6)
@@ -103,24 +109,20 @@ def _center(k: Tensor) -> Tensor:
     return k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
 
 
-def _rbf_centered(x: Tensor) -> Tensor:
+def rbf_gram(x: Tensor) -> Tensor:
+    """Doubly centred Gaussian Gram matrix [n, n] of the rows of x, bandwidth = mean squared distance.
+
+    The bandwidth is detached (a choice, not a parameter) and scales with the data, so the measure cannot be
+    lowered by shrinking x. The mean (not the median heuristic) avoids a sort of n^2 values at every step.
+    """
     d2 = _sq_dists(x)
-    off = d2[~torch.eye(d2.shape[0], dtype=torch.bool, device=d2.device)]
-    bandwidth = off.median().detach().clamp_min(1e-12)  # median heuristic; detached: a choice, not a parameter
+    n = d2.shape[0]
+    bandwidth = (d2.sum() / max(n * (n - 1), 1)).detach().clamp_min(1e-12)
     return _center(torch.exp(-d2 / bandwidth))
 
 
-def hsic(x: Tensor, y: Tensor) -> Tensor:
-    """Normalised HSIC (in [0, 1]) between the rows of x [n, a] and y [n, b], Gaussian kernels."""
-    if x.shape[0] < 3:
-        return x.new_zeros(())
-    kx, ky = _rbf_centered(x), _rbf_centered(y)
-    num = (kx * ky).sum()
-    den = torch.sqrt((kx * kx).sum() * (ky * ky).sum()).clamp_min(1e-12)
-    return (num / den).clamp_min(0.0)
-
-
-def _dist_centered(x: Tensor) -> Tensor:
+def distance_gram(x: Tensor) -> Tensor:
+    """Doubly centred Euclidean distance matrix [n, n] (the A of distance covariance)."""
     d2 = _sq_dists(x)
     eye = torch.eye(d2.shape[0], dtype=torch.bool, device=d2.device)
     # the diagonal is masked out so that the sqrt's infinite slope at 0 never reaches the gradient
@@ -128,11 +130,19 @@ def _dist_centered(x: Tensor) -> Tensor:
     return _center(d)
 
 
+def gram_dependence(a: Tensor, b: Tensor) -> Tensor:
+    """<A, B> / (|A| |B|) for centred Gram matrices: normalised HSIC with rbf_gram, dCor^2 with distance_gram."""
+    if a.shape[0] < 3:
+        return a.new_zeros(())
+    den = torch.sqrt((a * a).sum() * (b * b).sum()).clamp_min(1e-12)
+    return ((a * b).sum() / den).clamp_min(0.0)
+
+
+def hsic(x: Tensor, y: Tensor) -> Tensor:
+    """Normalised HSIC (in [0, 1]) between the rows of x [n, a] and y [n, b], Gaussian kernels."""
+    return gram_dependence(rbf_gram(x), rbf_gram(y))
+
+
 def distance_correlation(x: Tensor, y: Tensor) -> Tensor:
     """Squared distance correlation (in [0, 1]) between the rows of x and y; 0 iff independent (population)."""
-    if x.shape[0] < 3:
-        return x.new_zeros(())
-    a, b = _dist_centered(x), _dist_centered(y)
-    dcov = (a * b).mean()
-    dvar = torch.sqrt((a * a).mean() * (b * b).mean()).clamp_min(1e-12)
-    return (dcov / dvar).clamp_min(0.0)
+    return gram_dependence(distance_gram(x), distance_gram(y))

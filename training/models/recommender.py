@@ -41,9 +41,8 @@ class Recommender(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.n_users, self.n_items = ctx.n_users, ctx.n_items
-        self.mrdib: MRdIB | None = (
-            MRdIB(ctx, mrdib, backbone.dim) if mrdib is not None and mrdib.enabled else None
-        )
+        self.mrdib: MRdIB | None = MRdIB(ctx, mrdib, backbone.dim) if mrdib is not None and mrdib.enabled else None
+        self._aux_cache: tuple[Tensor, Tensor, list[Tensor], Tensor] | None = None
 
     # ------------------------------------------------------------------ training
     def _plugin_state(self, pos: Tensor, neg: Tensor, sample: bool) -> tuple[PluginState, Tensor, Tensor]:
@@ -64,6 +63,9 @@ class Recommender(nn.Module):
             terms = self.backbone.loss(users, pos, neg, user_emb, item_emb)
             total = sum(terms.values())
             extra = self.mrdib.losses(state, user_emb[users], pos_idx, neg_idx)
+            if self.mrdib.aux_parameters():
+                # what aux_loss needs, detached: saves re-encoding the same batch for the CLUB step
+                self._aux_cache = (pos, neg, [u.detach() for u in state.unique], state.shared.detach())
             weighted = self.mrdib.weighted_total(extra)
             if weighted is not None:
                 total = total + weighted
@@ -75,9 +77,16 @@ class Recommender(nn.Module):
         """The CLUB estimators' own objective on this batch (only aux parameters get gradients); None if none."""
         if self.mrdib is None or not self.mrdib.aux_parameters():
             return None
-        with torch.no_grad():
-            state, _, _ = self._plugin_state(pos, neg, sample=self.training)
-        return self.mrdib.club_objective(state)
+        cache = self._aux_cache
+        if cache is not None and _same(cache[0], pos) and _same(cache[1], neg):
+            # the codes of this batch from forward(), i.e. before the main optimiser step: the alternating
+            # scheme of Cheng et al. fits q on the current minibatch's samples, which these are
+            unique, shared = cache[2], cache[3]
+        else:
+            with torch.no_grad():
+                state, _, _ = self._plugin_state(pos, neg, sample=self.training)
+            unique, shared = state.unique, state.shared
+        return self.mrdib.club_objective(unique, shared)
 
     def aux_parameters(self) -> list[nn.Parameter]:
         return [] if self.mrdib is None else self.mrdib.aux_parameters()
@@ -121,7 +130,8 @@ class Recommender(nn.Module):
         """Final (U [n_users, d], I [n_items, d]) for evaluation: eval mode, deterministic (z = mu)."""
         with self._eval_mode():
             user, comps = self._components()
-            return user, self._sum(comps)
+            # detached: an MF backbone's propagate() returns its Parameters themselves
+            return user.detach(), self._sum(comps).detach()
 
     @torch.no_grad()
     def export(self) -> Embeddings:
@@ -141,6 +151,10 @@ class Recommender(nn.Module):
             return {}
         with self._eval_mode():
             return self.mrdib.representations(self.n_items)
+
+
+def _same(a: Tensor, b: Tensor) -> bool:
+    return a is b or (a.shape == b.shape and bool(torch.equal(a, b)))
 
 
 def build_recommender(cfg: TrainConfig, ctx: ModelContext) -> Recommender:

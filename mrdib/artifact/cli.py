@@ -1,0 +1,47 @@
+"""`mrdib artifact ...`: check published artifacts. No torch, faiss or onnxruntime needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from mrdib.artifact import store
+from mrdib.artifact.schema import ArtifactError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Inspect and verify model artifacts.")
+
+EXIT_INVALID = 1
+
+
+@app.callback()
+def _group() -> None:
+    """Inspect and verify model artifacts (keeps `verify` a sub-command even while it is the only one)."""
+
+
+def resolve(path: Path) -> Path:
+    """A version directory as given, or ROOT/<current> when `path` is an artifacts root (or ROOT/current)."""
+    path = Path(path)
+    if path.name == store.CURRENT and path.is_file():
+        path = path.parent
+    if (path / store.CURRENT).is_file():
+        v = store.current_version(path)
+        if v is None:  # pragma: no cover - is_file() above makes this unreachable
+            raise ArtifactError(f"{path}: nothing published")
+        return path / v
+    return path
+
+
+@app.command()
+def verify(path: Path = typer.Argument(..., help="A version directory, an artifacts root, or ROOT/current.")) -> None:
+    """Check one artifact version: manifest schema, every file's sha256 and the array shapes."""
+    try:
+        target = resolve(path)
+        m = store.verify_artifact(target)
+    except ArtifactError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(EXIT_INVALID) from None
+    typer.echo(
+        f"ok {m.model_version} ({target}): {m.n_users} users, {m.n_items} items, d={m.embedding_dim}, "
+        f"{len(m.files)} files verified"
+    )

@@ -1,0 +1,103 @@
+"""FAISS indexes: factory choice, exact = numpy, approximate meets its recorded recall, service loader."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mrdib.artifact import schema as S
+from mrdib.artifact.faiss_io import LoadedIndex, load_index
+from mrdib.artifact.schema import ArtifactError, Manifest
+from training.export.index import (
+    EXACT_MAX_ITEMS,
+    HNSW_MAX_ITEMS,
+    build_indexes,
+    choose_factory,
+    default_search_params,
+    exact_topk,
+    index_recall,
+    normalise,
+)
+
+
+def _vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+
+
+def _manifest(n_items: int, d: int, specs: dict) -> Manifest:
+    """A manifest that is valid for the index loader (the other files are not read by it)."""
+    entry = {"sha256": "0" * 64, "bytes": 0}
+    return Manifest.model_validate(
+        {
+            "schema_version": S.SCHEMA_VERSION, "model_version": "20260101T000000Z-0000abcd",
+            "created_at": datetime.now(UTC), "backbone": "bpr", "modalities": [{"name": "x", "dim": 1}],
+            "embedding_dim": d, "n_users": 1, "n_items": n_items, "n_train_interactions": 0, "max_history": 5,
+            "components": ["collaborative"], "data_fingerprint": "f", "indexes": specs,
+            "files": {f: entry for f in S.REQUIRED_FILES},
+        }
+    )
+
+
+def test_factory_choice_by_catalogue_size() -> None:
+    assert choose_factory(1000, 64) == "Flat"
+    assert choose_factory(EXACT_MAX_ITEMS, 64) == "Flat"
+    assert choose_factory(EXACT_MAX_ITEMS + 1, 64) == "HNSW32"
+    f = choose_factory(HNSW_MAX_ITEMS + 1, 64)
+    assert f.startswith("IVF") and f.endswith(",PQ32")
+    assert default_search_params("HNSW32") == {"efSearch": 128}
+    assert "nprobe" in default_search_params(f)
+    assert default_search_params("Flat") == {}
+
+
+def test_exact_index_equals_numpy_topk(tmp_path: Path) -> None:
+    items, users = _vectors(500, 16), _vectors(40, 16, seed=1)
+    built = build_indexes(items, users, tmp_path, factory=None, k=20)
+    m = _manifest(500, 16, {k: b.spec for k, b in built.items()})
+    assert m.indexes["ip"].factory == "Flat" and m.indexes["ip"].recall_at_k == 1.0
+    ip = load_index(tmp_path, "ip", m, use_gpu=False)
+    scores, rows = ip.search(users, 20)
+    np.testing.assert_array_equal(rows, exact_topk(users, items, 20))
+    np.testing.assert_allclose(scores, np.take_along_axis(users @ items.T, rows, 1), rtol=1e-5, atol=1e-5)
+    cos = load_index(tmp_path, "cosine", m, use_gpu=False)
+    _, rows_c = cos.search(items[:10] * 7.0, 5)  # queries are normalised by the loader
+    np.testing.assert_array_equal(rows_c, exact_topk(normalise(items[:10]), normalise(items), 5))
+    assert rows_c[:, 0].tolist() == list(range(10))  # each item is most similar to itself
+
+
+@pytest.mark.parametrize("factory", ["HNSW32", "IVF16,Flat"])
+def test_approximate_index_meets_its_recorded_recall(tmp_path: Path, factory: str) -> None:
+    items, users = _vectors(3000, 16), _vectors(300, 16, seed=2)
+    params = {"efSearch": 64} if factory.startswith("HNSW") else {"nprobe": 4}
+    built = build_indexes(items, users, tmp_path, factory=factory, search_params=params, k=10, n_queries=200)
+    spec = built["ip"].spec
+    assert spec["factory"] == factory and spec["search_params"] == params
+    assert 0.5 < spec["recall_at_k"] <= 1.0
+    m = _manifest(3000, 16, {k: b.spec for k, b in built.items()})
+    loaded: LoadedIndex = load_index(tmp_path, "ip", m, use_gpu=False)
+    # measured again, on other queries, through the service loader (which applies search_params)
+    fresh = _vectors(200, 16, seed=9)
+    again = index_recall(loaded.index, fresh, items, 10)
+    assert again >= spec["recall_at_k"] - 0.05, (again, spec["recall_at_k"])
+    # and the parameters matter: with the weakest setting recall drops (so they really were applied)
+    if factory.startswith("IVF"):
+        weak = load_index(tmp_path, "ip", _manifest(3000, 16, {
+            "ip": {**spec, "search_params": {"nprobe": 1}}, "cosine": built["cosine"].spec}), use_gpu=False)
+        assert index_recall(weak.index, fresh, items, 10) < again
+
+
+def test_invalid_factory_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="invalid FAISS index factory"):
+        build_indexes(_vectors(50, 8), _vectors(5, 8), tmp_path, factory="NoSuchIndex42")
+
+
+def test_loader_refuses_an_index_that_disagrees_with_the_manifest(tmp_path: Path) -> None:
+    built = build_indexes(_vectors(50, 8), _vectors(5, 8), tmp_path, k=5)
+    specs = {k: b.spec for k, b in built.items()}
+    with pytest.raises(ArtifactError, match="manifest says 60 x 8"):
+        load_index(tmp_path, "ip", _manifest(60, 8, specs), use_gpu=False)
+    (tmp_path / S.INDEX_COS).write_bytes(b"not a faiss index")
+    with pytest.raises(ArtifactError, match="unreadable FAISS index"):
+        load_index(tmp_path, "cosine", _manifest(50, 8, specs), use_gpu=False)
