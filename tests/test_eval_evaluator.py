@@ -157,3 +157,9 @@ def test_blocks_bound_the_score_memory() -> None:
 
     r = evaluate(score_fn, ds, VALID, ks=(5,), batch_users=4096, max_block_scores=100)
     assert max(sizes) == 3 and sum(sizes) == r["n_users"]
+
+
+def test_split_without_users_gives_zeros() -> None:
+    ds = make_dataset([(0, 0, TRAIN), (0, 1, VALID)], n_users=1, n_items=3)
+    r = evaluate(lambda u: torch.zeros(len(u), 3), ds, TEST, ks=(1,))
+    assert r["n_users"] == 0 and r["recall@1"] == 0.0 and r["coverage@1"] == 0.0

@@ -108,6 +108,13 @@ def test_verify_cli_accepts_root_version_and_current(exported: dict[str, Path]) 
         assert f"ok {exported['version'].name}" in r.output
 
 
+def test_verify_cli_explains_a_folder_that_is_no_artifact(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["artifact", "verify", str(tmp_path)])
+    assert r.exit_code == 1 and "neither an artifact version" in r.output
+    r = runner.invoke(app, ["artifact", "verify", str(tmp_path / "nope")])
+    assert r.exit_code == 1 and "not a directory" in r.output
+
+
 def test_verify_does_not_need_torch(exported: dict[str, Path]) -> None:
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
@@ -239,3 +246,10 @@ def test_export_refuses_a_broken_checkpoint(exported: dict[str, Path], tmp_path:
     assert r.exit_code == 2 and "metrics.json: missing" in r.output
     r = runner.invoke(app, ["export", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "a")])
     assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_published_version_is_readable_by_other_users(exported: dict[str, Path]) -> None:
+    v = exported["version"]
+    assert v.stat().st_mode & 0o055 == 0o055  # group/other may list and enter
+    for f in (v / S.MANIFEST, exported["out"] / store.CURRENT, v / S.USER_TOWER):
+        assert f.stat().st_mode & 0o044 == 0o044, f

@@ -125,3 +125,21 @@ def test_item_tower_fits_and_onnx_matches_torch(tiny, tmp_path: Path) -> None:
         {m: rng.standard_normal((33, x.shape[1])).astype(np.float32) for m, x in ds.features.items()},
     ]
     assert check_item_tower(tower, path, batches) <= 1e-5
+
+
+def test_item_tower_ignores_constant_feature_dimensions() -> None:
+    from training.export.towers import ItemTower, feature_stats, inverse_std
+
+    std = np.array([0.0, 1e-9, 0.5, 1e-5, 2.0], np.float32)
+    inv = inverse_std(std)
+    assert inv[0] == 0 and inv[1] == 0  # constant over the training items: no weight
+    assert inv[2] == pytest.approx(2.0) and inv[4] == pytest.approx(0.5)
+    assert inv[3] == pytest.approx(1 / (0.01 * std[2:].mean()), rel=1e-4)  # floored, not 1e5
+    # a cold item that differs from all trained items in a constant dimension stays finite and bounded
+    x = np.zeros((50, 3), np.float32)
+    x[:, 1] = np.random.default_rng(0).standard_normal(50)
+    tower = ItemTower(feature_stats({"m": x}), dim=4).eval()
+    with torch.no_grad():
+        a = tower(torch.tensor([[0.0, 0.3, 0.0]]))
+        b = tower(torch.tensor([[1000.0, 0.3, -1000.0]]))
+    torch.testing.assert_close(a, b)

@@ -31,7 +31,9 @@ def test_trainer_checkpoint_exports(tmp_path: Path) -> None:
     )
     trainer.train(cfg, load_mmrec(data), tmp_path / "ckpt", progress=False)
     gate = {"passed": True, "reason": "test"}
-    m = export_checkpoint(tmp_path / "ckpt", tmp_path / "artifacts", quality_gate=gate, tower_epochs=10)
+    m = export_checkpoint(
+        tmp_path / "ckpt", tmp_path / "artifacts", quality_gate=gate, tower_epochs=10, index_factory="HNSW16"
+    )
     assert store.current_version(tmp_path / "artifacts") == m.model_version
     a = store.load_artifact(tmp_path / "artifacts" / m.model_version)
     emb = ckpt.load_embeddings(tmp_path / "ckpt")
@@ -40,3 +42,5 @@ def test_trainer_checkpoint_exports(tmp_path: Path) -> None:
     assert a.manifest.components == list(emb.components)
     np.testing.assert_allclose(a.item_components.sum(0), a.item_vectors, atol=1e-4)
     assert "recall@20" in a.manifest.metrics["test"]
+    ip = a.manifest.indexes["ip"]
+    assert ip.factory == "HNSW16" and ip.search_params == {"efSearch": 128} and ip.recall_at_k is not None

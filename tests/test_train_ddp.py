@@ -2,13 +2,13 @@
 
 Tolerance, and why it is not exact:
 - Plain LightGCN (no randomness inside the step): both runs see the same triples in the same global
-  batches (every rank draws the same permutation and negatives from the shared seed and takes half of
-  each batch). The only differences are floating-point: the mean gradient is computed as the average
-  of two half-batch means instead of one full-batch mean (different summation order, and when a batch
-  has an odd size the two halves differ by one triple, so the average of the halves weights triples by
-  1/(2*16) vs 1/(2*17) instead of 1/33), and Adam divides by sqrt(v) which amplifies tiny differences
-  in near-zero gradients. Embeddings agree to ~1e-5 after a few epochs; we allow 1e-4 absolute and
-  compare the rank-based metrics to 1e-6 (ties can only flip if scores differ by < 1e-5).
+  batches (every rank draws the same permutation and negatives from the shared seed and takes its half
+  of each batch), and the trainer weights each rank's mean loss by its share of the batch, so the DDP
+  average of the two half-batch gradients IS the full-batch mean gradient mathematically. What remains
+  is floating-point: different summation order in the half-batch means, the all-reduce and the graph
+  propagation, which Adam's g / sqrt(v) normalisation amplifies for near-zero gradients. Measured:
+  embeddings agree to ~6e-6 after 3 epochs; we allow 5e-5 absolute, loss curves 1e-5 relative, and
+  the rank-based metrics 1e-6 (a tie could only flip if two scores were closer than the drift).
 - LightGCN + MRdIB: the in-batch InfoNCE terms compare each item with the other items of ITS batch
   (half as many under DDP), and the reparameterisation noise of the two ranks comes from different
   streams, so the objective itself differs: we only require that training works (finite losses,
@@ -62,9 +62,8 @@ def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
         for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20"):
             assert ddp[split][k] == pytest.approx(single[split][k], abs=1e-6), (split, k)
     e_ddp, e_single = ckpt.load_embeddings(runs["ddp", 0]), ckpt.load_embeddings(runs["single", 0])
-    print("max diff", np.abs(e_ddp.user - e_single.user).max(), np.abs(e_ddp.item - e_single.item).max())
-    np.testing.assert_allclose(e_ddp.user, e_single.user, atol=1e-4)
-    np.testing.assert_allclose(e_ddp.item, e_single.item, atol=1e-4)
+    np.testing.assert_allclose(e_ddp.user, e_single.user, atol=5e-5)
+    np.testing.assert_allclose(e_ddp.item, e_single.item, atol=5e-5)
     loss = lambda p: [json.loads(x)["loss"]["loss"] for x in (p / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     np.testing.assert_allclose(loss(runs["ddp", 0]), loss(runs["single", 0]), rtol=1e-5)
 

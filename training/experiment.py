@@ -74,7 +74,7 @@ class ExperimentConfig(BaseModel):
     out: str = "runs/experiments"
     results: str = "docs/RESULTS.md"
     figure_dir: str = "docs"
-    cache_dir: str = ".cache/datasets"
+    cache_dir: str = "runs/cache"
 
     @field_validator("seeds")
     @classmethod
@@ -115,7 +115,7 @@ def load_experiment(path: Path) -> ExperimentConfig:
 # --- datasets ------------------------------------------------------------------------------------
 
 
-def resolve_dataset(spec: str, cache_dir: Path | str = ".cache/datasets") -> InteractionDataset:
+def resolve_dataset(spec: str, cache_dir: Path | str = "runs/cache") -> InteractionDataset:
     """A dataset folder (MMRec or MovieLens layout), or `synth:<preset>` generated once into cache_dir.
 
     Generation writes to a private temporary folder and renames it into place, so concurrent
@@ -270,7 +270,7 @@ def run_experiment(
             }
             if dry_run:
                 for d in run_dirs.values():
-                    console.print(f"{row.label:<36} {d}", highlight=False)
+                    print(f"{row.label:<36} {d}")  # plain print: one line per run, never wrapped
                 continue
 
             def run(point: dict[str, Any], seed: int, ctx: tuple = (spec, dataset, row, run_dirs)) -> dict:

@@ -94,7 +94,7 @@ def train_command(
     set_: list[str] | None = typer.Option(None, "--set", help="Dotted override key=value (repeatable)."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this checkpoint DIR."),
     out: Path | None = typer.Option(None, "--out", help="Checkpoint directory to write."),
-    cache_dir: Path = typer.Option(Path(".cache/datasets"), "--cache-dir", help="Where synth:<preset> data go."),
+    cache_dir: Path = typer.Option(Path("runs/cache"), "--cache-dir", help="Where synth:<preset> data go."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train one model to early stop; write metrics.json, metrics.jsonl, curves.png and the checkpoint."""

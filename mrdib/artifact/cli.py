@@ -29,6 +29,10 @@ def resolve(path: Path) -> Path:
         if v is None:  # pragma: no cover - is_file() above makes this unreachable
             raise ArtifactError(f"{path}: nothing published")
         return path / v
+    if path.is_dir() and not (path / "manifest.json").exists():
+        raise ArtifactError(
+            f"{path}: neither an artifact version (no manifest.json) nor an artifacts root (no `current` file)"
+        )
     return path
 
 

@@ -67,6 +67,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the service may run as another user
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -107,6 +108,7 @@ def publish(staging: Path, manifest_fields: dict, root: Path, keep: int = 5) -> 
     _atomic_write_text(staging / S.MANIFEST, manifest.model_dump_json(indent=2))
     _check_shapes(staging, manifest)
     final = root / manifest.model_version
+    os.chmod(staging, 0o755)  # mkdtemp creates 0700; readers (the service) may run as another user
     if final.exists():
         raise ArtifactError(f"version {manifest.model_version} already exists under {root}")
     os.rename(staging, final)

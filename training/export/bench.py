@@ -29,7 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from training.data.dataset import TEST, TRAIN, VALID, InteractionDataset
+from training.data.dataset import TEST, TRAIN, InteractionDataset
 from training.export.evaluate import recall_at_k
 from training.export.towers import (
     TowerFitConfig,
@@ -96,7 +96,7 @@ def user_tower_report(
     tower = fit_user_tower(hist, user_vectors, item_vectors, max_history, cfg)
     fit_s = time.perf_counter() - t0
     tower_u = user_tower_vectors(tower, hist)
-    test, seen = ds.csr(TEST), ds.csr((TRAIN, VALID))
+    test, seen = ds.csr(TEST), ds.csr(TRAIN)  # the project's protocol: mask training items only
     learned = recall_at_k(user_vectors, item_vectors, test, seen, k)
     towered = recall_at_k(tower_u, item_vectors, test, seen, k)
     return {

@@ -44,6 +44,6 @@ def export(
     m = res.manifest
     typer.echo(f"published {m.model_version} -> {res.path} ({res.seconds:.1f} s)")
     for name, value in m.tower_metrics.items():
-        typer.echo(f"  tower  {name} = {value:.4f}")
+        typer.echo(f"  tower  {name} = {value:.4g}")
     for metric, spec in m.indexes.items():
         typer.echo(f"  index  {metric}: {spec.factory} recall@{spec.recall_k} vs exact = {spec.recall_at_k:.4f}")

@@ -29,7 +29,7 @@ from mrdib.artifact import schema as S
 from mrdib.artifact import store
 from mrdib.artifact.schema import Manifest
 from training import checkpoint as ckpt
-from training.data.dataset import TEST, TRAIN, VALID, InteractionDataset
+from training.data.dataset import TEST, TRAIN, InteractionDataset
 
 ONNX_TOLERANCE = 1e-4  # export aborts when ONNX Runtime and torch disagree by more (tests demand 1e-5)
 ITEM_HOLDOUT_FRAC = 0.1  # share of trained items held out to measure the item tower before the final fit
@@ -191,7 +191,7 @@ def build_user_tower(
     diff = check_user_tower(tower, path, batches)
     if diff > ONNX_TOLERANCE:
         raise ExportError(f"{path}: ONNX and torch user towers differ by {diff:.2e} (> {ONNX_TOLERANCE})")
-    test, seen = ds.csr(TEST), ds.csr((TRAIN, VALID))
+    test, seen = ds.csr(TEST), ds.csr(TRAIN)  # the project's protocol: mask training items only
     learned = recall_at_k(emb.user, emb.item, test, seen, k)
     towered = recall_at_k(user_tower_vectors(tower, hist), emb.item, test, seen, k)
     return _finite(

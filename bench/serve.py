@@ -1,0 +1,587 @@
+"""Serving benchmark: the real service under wrk, against a bare FastAPI baseline measured in the same run.
+
+    python -m bench.serve [--workers 2] [--duration 3] [--conns 1,8,32,128] [--artifacts ROOT]
+                          [--compare-ref HEAD] [--profile]
+
+- The service runs as a SUBPROCESS (`uvicorn --factory service.api:create_app --workers N`) over one
+  published artifact: `--artifacts ROOT` (e.g. what `mrdib train` + export published) or, by default, a
+  synthetic artifact of ml-100k's shape from `tests._service_helpers.build_artifact` (1,682 items, 943 users,
+  d=64; planted clusters, mean-pooling user tower), stated in the report.
+- Redis: a private `redis-server` on its own loopback port with `appendonly yes` + `appendfsync everysec`
+  (events are also measured with `appendfsync always`, set at runtime with CONFIG SET).
+- Load: `wrk` (Debian package) in its own process, one Lua script per scenario (POST bodies, unique event
+  ids); each cell is `--duration` seconds after a 1 s warm-up of the scenario.
+- Scenarios: bare baseline, known user warm cache, known user cold cache (943 users cycled while a flusher
+  thread deletes the cached vectors every 100 ms; the measured Redis hit ratio is reported), anonymous user
+  with a 20-item history, similar items, event ingestion (202 count checked against XLEN of the stream).
+- `--compare-ref REF` also runs the warm scenario on the service package as committed at REF (`git archive`,
+  nothing in the working tree changes), so a performance change is measured before/after in one run.
+- `--profile` samples the warm path with py-spy (one worker) and reports where the time goes.
+
+Targets: warm /recommend >= 50% of the bare route's throughput at 32 connections with p99 < 4x its p50;
+event ingestion >= 2,000 durable events/s with Redis AOF on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import redis
+
+from bench._report import PLOTS, REPO, command, machine, md_table, now, text_table, write_section
+
+TARGET_RATIO = 0.5
+TARGET_TAIL = 4.0
+TARGET_EVENTS = 2000.0
+
+
+# --- processes ------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """Private redis-server with AOF (appendfsync everysec) in a temp dir."""
+
+    def __init__(self, fsync: str = "everysec"):
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise SystemExit("redis-server is not installed (apt-get install redis-server)")
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="mrdib-bench-redis-"))
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
+             "--appendonly", "yes", "--appendfsync", fsync], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("private redis-server did not start") from None
+                time.sleep(0.05)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Server:
+    """uvicorn in a subprocess over an app factory; PYTHONPATH picks which `service` package is served."""
+
+    def __init__(self, factory: str, workers: int, env: dict[str, str], pythonpath: Path = REPO):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, **env, "PYTHONPATH": f"{pythonpath}{os.pathsep}{REPO}",
+               "OMP_NUM_THREADS": "1", "MRDIB_LOG_LEVEL": "WARNING"}
+        self.log = tempfile.NamedTemporaryFile(prefix="mrdib-bench-uvicorn-", suffix=".log", delete=False)  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", str(workers), "--log-level", "warning", "--no-access-log"],
+            cwd=pythonpath, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{factory} did not start; log: {Path(self.log.name).read_text()[-2000:]}")
+            time.sleep(0.1)
+        time.sleep(0.5 * workers)  # every worker up, not only the first to answer
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+        os.unlink(self.log.name)
+
+
+@contextlib.contextmanager
+def serving(factory: str, workers: int, env: dict[str, str], pythonpath: Path = REPO) -> Iterator[Server]:
+    s = Server(factory, workers, env, pythonpath)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+# --- load generation ----------------------------------------------------------------------------------
+
+_LUA_DONE = r"""
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRKJSON {"requests":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,' ..
+    '"status":%d,"timeout":%d,"p50":%d,"p95":%d,"p99":%d,"max":%d}\n', summary.requests, summary.duration,
+    e.connect, e.read, e.write, e.status, e.timeout, latency:percentile(50), latency:percentile(95),
+    latency:percentile(99), latency.max))
+end
+"""
+
+
+def lua_list(xs: list[str]) -> str:
+    return "{" + ",".join("[==[" + x + "]==]" for x in xs) + "}"
+
+
+def lua_script(kind: str, *, bodies: list[str] | None = None, paths: list[str] | None = None, run_id: str = "",
+               n_users: int = 943, n_items: int = 1682) -> str:
+    """One wrk script. `kind`: post (cycle through `bodies`), get (cycle through `paths`), events (unique ids)."""
+    head = """
+local threads = {}
+setup = function(thread) table.insert(threads, thread); thread:set("tid", #threads) end
+init = function(args) counter = 0 end
+"""
+    if kind == "post":
+        body = f"""
+local bodies = {lua_list(bodies or [])}
+local headers = {{["Content-Type"] = "application/json"}}
+request = function()
+  counter = counter + 1
+  local i = ((tid - 1) * 7919 + counter) % #bodies + 1
+  return wrk.format("POST", "/recommend", headers, bodies[i])
+end
+"""
+    elif kind == "get":
+        body = f"""
+local paths = {lua_list(paths or [])}
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", paths[((tid - 1) * 7919 + counter) % #paths + 1])
+end
+"""
+    elif kind == "events":
+        body = f"""
+local headers = {{["Content-Type"] = "application/json"}}
+request = function()
+  counter = counter + 1
+  local b = string.format('{{"user_id":"u%d","item_id":"i%d","type":"click","event_id":"{run_id}-%d-%d"}}',
+    (counter * 31 + tid) % {n_users}, (counter * 17 + tid * 5) % {n_items}, tid, counter)
+  return wrk.format("POST", "/events", headers, b)
+end
+"""
+    else:
+        raise ValueError(kind)
+    return head + body + _LUA_DONE
+
+
+@dataclass
+class Cell:
+    scenario: str
+    conns: int
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    requests: int
+    non2xx: int
+    socket_errors: int
+    note: str = ""
+
+
+def wrk(url: str, script: Path, conns: int, duration: float) -> dict:
+    threads = max(1, min(2, conns))
+    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{duration}s", "--timeout", "5s",
+                          "-s", str(script), url], capture_output=True, text=True, timeout=duration + 60)
+    for line in out.stdout.splitlines():
+        if line.startswith("WRKJSON "):
+            return json.loads(line[8:])
+    raise RuntimeError(f"wrk gave no result: {out.stdout[-500:]} {out.stderr[-500:]}")
+
+
+def measure(scenario: str, url: str, script: Path, conns: int, duration: float, note: str = "") -> Cell:
+    r = wrk(url, script, conns, duration)
+    secs = r["duration_us"] / 1e6
+    errs = r["connect"] + r["read"] + r["write"] + r["timeout"]
+    ok = r["requests"] - r["status"]
+    c = Cell(scenario, conns, ok / secs, r["p50"] / 1e3, r["p95"] / 1e3, r["p99"] / 1e3, r["max"] / 1e3,
+             r["requests"], r["status"], errs, note)
+    print(f"  {scenario:<26} c={conns:<4} {c.rps:8.0f} req/s  p50 {c.p50_ms:7.2f}  p95 {c.p95_ms:7.2f}  "
+          f"p99 {c.p99_ms:7.2f} ms  non-2xx {c.non2xx}  socket errors {errs}", flush=True)
+    return c
+
+
+def sweep(scenario: str, url: str, script: Path, conns: list[int], duration: float,
+          hook=None) -> list[Cell]:
+    wrk(url, script, 8, 1.0)  # warm-up, not recorded
+    cells = []
+    for c in conns:
+        before = hook() if hook else None
+        cell = measure(scenario, url, script, c, duration)
+        if hook:
+            cell.note = hook(before, cell)
+        cells.append(cell)
+    return cells
+
+
+# --- scenarios -------------------------------------------------------------------------------------
+
+@dataclass
+class Workload:
+    n_users: int
+    n_items: int
+    dir: Path
+    run_id: str
+
+    def script(self, name: str, text: str) -> Path:
+        p = self.dir / f"{name}.lua"
+        p.write_text(text)
+        return p
+
+
+def make_scripts(w: Workload, warm_users: int) -> dict[str, Path]:
+    rng = random.Random(0)
+    users = [f"u{i}" for i in range(w.n_users)]
+    rng.shuffle(users)
+    return {
+        "bare": w.script("bare", lua_script("post", bodies=['{"user_id":"u1"}'])),
+        "warm": w.script("warm", lua_script("post", bodies=[json.dumps({"user_id": u}) for u in users[:warm_users]])),
+        "cold": w.script("cold", lua_script("post", bodies=[json.dumps({"user_id": u}) for u in users])),
+        "anon": w.script("anon", lua_script("post", bodies=[
+            json.dumps({"history": [f"i{rng.randrange(w.n_items)}" for _ in range(20)]}) for _ in range(500)])),
+        "similar": w.script("similar", lua_script("get", paths=[f"/items/i{rng.randrange(w.n_items)}/similar?k=20"
+                                                                for _ in range(500)])),
+        "events": w.script("events", lua_script("events", run_id=w.run_id, n_users=w.n_users, n_items=w.n_items)),
+    }
+
+
+class Flusher:
+    """Deletes every cached user vector every `period` s, so that the 'cold' scenario really misses."""
+
+    LUA = "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('UNLINK', k) n = n + 1 end return n"
+
+    def __init__(self, client: redis.Redis, pattern: str, period: float = 0.1):
+        self.client, self.pattern, self.period = client, pattern, period
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stop.wait(self.period):
+            self.client.eval(self.LUA, 0, self.pattern)
+
+    def __enter__(self) -> Flusher:
+        self.client.eval(self.LUA, 0, self.pattern)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def hit_ratio_hook(client: redis.Redis):
+    """Cell note: share of requests whose cached vector Redis had (keyspace hits per request; the users of
+    these scenarios have no recent-event list, so every hit is a vector hit)."""
+
+    def hook(before=None, cell: Cell | None = None):
+        stats = client.info("stats")
+        if cell is None:
+            return stats["keyspace_hits"]
+        hits = stats["keyspace_hits"] - before
+        return f"cache hit {hits / max(cell.requests, 1):.0%}"
+
+    return hook
+
+
+def events_hook(client: redis.Redis, stream: str):
+    """Cell note: events that reached the stream (XLEN delta) vs 202 answers; they must be equal."""
+
+    def hook(before=None, cell: Cell | None = None):
+        n = client.xlen(stream)
+        if cell is None:
+            return n
+        accepted = cell.requests - cell.non2xx
+        return f"stream +{n - before} for {accepted} accepted" + ("" if n - before == accepted else " MISMATCH")
+
+    return hook
+
+
+def service_env(root: Path, rs: RedisServer, tmp: Path, prefix: str) -> dict[str, str]:
+    return {"MRDIB_ARTIFACTS": str(root), "REDIS_URL": rs.url, "MRDIB_REDIS_KEY_PREFIX": prefix,
+            "MRDIB_STREAM": f"{prefix}events", "MRDIB_WAL_PATH": str(tmp / "wal.jsonl"),
+            "MRDIB_POLL_INTERVAL_S": "0", "MRDIB_CPU_THREADS": "2"}
+
+
+def prewarm(url: str, script_users: list[str]) -> None:
+    with httpx.Client(base_url=url, timeout=10) as c:
+        for _ in range(2):  # twice: the second pass confirms the vectors are cached
+            for u in script_users:
+                r = c.post("/recommend", json={"user_id": u})
+                r.raise_for_status()
+
+
+def warm_users_of(script: Path) -> list[str]:
+    text = script.read_text()
+    return [json.loads(b)["user_id"] for b in text.split("[==[")[1:] for b in [b.split("]==]")[0]]]
+
+
+# --- profiling -------------------------------------------------------------------------------------
+
+def profile(url: str, pid: int, script: Path, seconds: float, out: Path) -> list[tuple[str, float, float]]:
+    """py-spy over the server while wrk drives the warm path; (function, inclusive %, self %) top list."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    raw = out.with_suffix(".txt")
+    spy = subprocess.Popen([exe, "record", "--pid", str(pid), "--subprocesses", "--duration", str(int(seconds)),
+                            "--rate", "200", "--format", "raw", "--output", str(raw), "--nonblocking"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    wrk(url, script, 32, seconds - 1.5)
+    _, err = spy.communicate(timeout=seconds + 60)
+    if not raw.exists():
+        print(f"py-spy failed: {err[-500:]}")
+        return []
+    incl, self_, total = Counter(), Counter(), 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")"
+                  if " (" in f else f for f in stack.split(";")]
+        count = int(n)
+        total += count
+        for f in set(frames):
+            incl[f] += count
+        self_[frames[-1]] += count
+    idle = sum(c for f, c in self_.items() if f.startswith(("select (selectors", "poll (selectors", "_worker (thread",
+                                                             "wait (threading", "_run_once (base_events")))
+    rows = [(f, 100 * c / total, 100 * self_[f] / total) for f, c in incl.most_common(60)]
+    print(f"  py-spy: {total} samples, idle (selector/thread waits) {100 * idle / max(total, 1):.0f}%")
+    return rows
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+def build_synthetic(root: Path) -> str:
+    sys.path.insert(0, str(REPO))
+    from tests._service_helpers import build_artifact
+
+    return build_artifact(root, n_items=1682, n_users=943, dim=64, n_clusters=19, history_len=20, max_history=50)
+
+
+def git_service_copy(ref: str, dest: Path) -> Path:
+    """The `service` package as committed at `ref`, extracted with git archive (no change to the checkout)."""
+    arch = subprocess.run(["git", "-C", str(REPO), "archive", ref, "service"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=arch.stdout, check=True)
+    return dest
+
+
+def fmt(cells: list[Cell]) -> list[list[str]]:
+    return [[c.scenario, str(c.conns), f"{c.rps:,.0f}", f"{c.p50_ms:.2f}", f"{c.p95_ms:.2f}", f"{c.p99_ms:.2f}",
+             f"{c.max_ms:.1f}", str(c.requests), str(c.non2xx), str(c.socket_errors), c.note] for c in cells]
+
+
+HEADERS = ["scenario", "conns", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "requests", "non-2xx",
+           "socket err", "note"]
+
+
+def plot(cells: list[Cell], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name in dict.fromkeys(c.scenario for c in cells):
+        cs = [c for c in cells if c.scenario == name]
+        a1.plot([c.conns for c in cs], [c.rps for c in cs], "o-", ms=3, label=name)
+        a2.plot([c.conns for c in cs], [c.p99_ms for c in cs], "o-", ms=3, label=name)
+    for ax, yl in ((a1, "requests/s"), (a2, "p99 latency (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent connections")
+        ax.set_ylabel(yl)
+    a2.set_yscale("log")
+    a1.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workers", type=int, default=2, help="uvicorn workers (service and baseline alike)")
+    p.add_argument("--compare-workers", default="1", help="also measure bare+warm at 32 conns with these")
+    p.add_argument("--duration", type=float, default=3.0, help="seconds per cell")
+    p.add_argument("--conns", default="1,8,32,128")
+    p.add_argument("--artifacts", type=Path, default=None, help="published artifacts root (default: synthetic)")
+    p.add_argument("--compare-ref", default=None, help="git ref whose service/ is measured too (warm scenario)")
+    p.add_argument("--profile", action="store_true", help="py-spy the warm path (1 worker)")
+    p.add_argument("--no-write", action="store_true")
+    a = p.parse_args(argv)
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install -y wrk")
+    conns = [int(c) for c in a.conns.split(",")]
+    started, t0, mach = now(), time.monotonic(), machine()
+    tmp = Path(tempfile.mkdtemp(prefix="mrdib-bench-serve-"))
+    rs = RedisServer("everysec")
+    notes: list[str] = []
+    cells: list[Cell] = []
+    extra: dict[str, list[Cell]] = {}
+    prof: list[tuple[str, float, float]] = []
+    try:
+        if a.artifacts:
+            root = a.artifacts.resolve()
+            source = f"published artifacts under `{root}`"
+        else:
+            root = tmp / "artifacts"
+            build_synthetic(root)
+            source = ("synthetic artifact of ml-100k's shape (`tests._service_helpers.build_artifact`: 1,682 items, "
+                      "943 users, d=64, 19 planted clusters, mean-pooling ONNX user tower, Flat indexes) -- the "
+                      "train+export pipeline was not used")
+        prefix = f"bench{os.getpid()}:"
+        w = Workload(943, 1682, tmp, f"r{int(time.time())}")
+        scripts = make_scripts(w, warm_users=100)
+        env = service_env(root, rs, tmp, prefix)
+        print(f"machine: {mach}\nartifact: {source}", flush=True)
+
+        with serving("bench.bare_app:create_app", a.workers, {}) as srv:
+            cells += sweep("bare baseline", srv.url, scripts["bare"], conns, a.duration)
+        with serving("service.api:create_app", a.workers, env) as srv:
+            ready = httpx.get(srv.url + "/readyz").json()
+            if ready.get("redis") != "ok":
+                raise SystemExit(f"service not ready with Redis: {ready}")
+            prewarm(srv.url, warm_users_of(scripts["warm"]))
+            hits = hit_ratio_hook(rs.client)
+            cells += sweep("warm /recommend", srv.url, scripts["warm"], conns, a.duration, hits)
+            with Flusher(rs.client, f"{prefix}uvec:*"):
+                cells += sweep("cold /recommend", srv.url, scripts["cold"], conns, a.duration, hits)
+            cells += sweep("anon 20-item history", srv.url, scripts["anon"], conns, a.duration)
+            cells += sweep("similar items", srv.url, scripts["similar"], conns, a.duration)
+            ev = events_hook(rs.client, f"{prefix}events")
+            cells += sweep("events (fsync everysec)", srv.url, scripts["events"], conns, a.duration, ev)
+            rs.client.config_set("appendfsync", "always")
+            cells += sweep("events (fsync always)", srv.url, scripts["events"], conns, a.duration, ev)
+            rs.client.config_set("appendfsync", "everysec")
+            backlog = httpx.get(srv.url + "/readyz").json()["event_backlog"]
+            notes.append(f"WAL backlog after the event scenarios: {backlog} (0 = every event went to Redis)")
+
+        for nw in [int(x) for x in a.compare_workers.split(",") if x.strip()]:
+            if nw == a.workers:
+                continue
+            with serving("bench.bare_app:create_app", nw, {}) as srv:
+                wrk(srv.url, scripts["bare"], 8, 1.0)
+                c = measure(f"bare baseline, {nw} worker(s)", srv.url, scripts["bare"], 32, a.duration)
+            with serving("service.api:create_app", nw, env) as srv:
+                prewarm(srv.url, warm_users_of(scripts["warm"]))
+                wrk(srv.url, scripts["warm"], 8, 1.0)
+                d = measure(f"warm /recommend, {nw} worker(s)", srv.url, scripts["warm"], 32, a.duration)
+            extra.setdefault("workers", []).extend([c, d])
+
+        if a.compare_ref:
+            old = git_service_copy(a.compare_ref, tmp / "ref")
+            with serving("service.api:create_app", a.workers, env, pythonpath=old) as srv:
+                prewarm(srv.url, warm_users_of(scripts["warm"]))
+                extra["ref"] = sweep(f"warm /recommend @ {a.compare_ref}", srv.url, scripts["warm"], conns,
+                                     a.duration)
+            with serving("service.api:create_app", a.workers, env) as srv:
+                prewarm(srv.url, warm_users_of(scripts["warm"]))
+                extra["ref"] += sweep("warm /recommend @ working tree", srv.url, scripts["warm"], conns, a.duration)
+
+        if a.profile:
+            with serving("service.api:create_app", 1, env) as srv:
+                prewarm(srv.url, warm_users_of(scripts["warm"]))
+                prof = profile(srv.url, srv.proc.pid, scripts["warm"], 8.0, tmp / "profile")
+    finally:
+        rs.close()
+
+    def get(s: str, c: int) -> Cell | None:
+        return next((x for x in cells if x.scenario == s and x.conns == c), None)
+
+    verdict = []
+    bare, warm = get("bare baseline", 32), get("warm /recommend", 32)
+    if bare and warm:
+        ratio, tail = warm.rps / bare.rps, warm.p99_ms / warm.p50_ms
+        verdict.append(f"- warm /recommend at 32 connections: {warm.rps:,.0f} req/s = **{ratio:.0%}** of the bare "
+                       f"route ({bare.rps:,.0f} req/s; target >= {TARGET_RATIO:.0%}: "
+                       f"{'met' if ratio >= TARGET_RATIO else 'MISSED'}); p99/p50 = {tail:.1f} (target < "
+                       f"{TARGET_TAIL:.0f}: {'met' if tail < TARGET_TAIL else 'MISSED'})")
+    for name in ("events (fsync everysec)", "events (fsync always)"):
+        ev = [c for c in cells if c.scenario == name]
+        if ev:
+            best = max(ev, key=lambda c: c.rps)
+            verdict.append(f"- {name}: best {best.rps:,.0f} durable events/s at {best.conns} connections "
+                           f"(target >= {TARGET_EVENTS:,.0f}: {'met' if best.rps >= TARGET_EVENTS else 'MISSED'}); "
+                           f"{best.note}")
+    five = sum(c.non2xx for c in cells)
+    verdict.append(f"- non-2xx answers over all cells: {five}; socket errors: {sum(c.socket_errors for c in cells)}")
+    all_cells = cells + [c for v in extra.values() for c in v]
+    print(text_table(HEADERS, fmt(all_cells)))
+    print("\n".join(verdict + notes))
+    if prof:
+        print(text_table(["function (file)", "inclusive %", "self %"],
+                         [(f, f"{i:.1f}", f"{s:.1f}") for f, i, s in prof[:25]]))
+    if a.no_write:
+        return 0
+    png = plot(cells, PLOTS / "serve.png")
+    body = [
+        "## Serving: the real service under wrk vs a bare FastAPI route",
+        "",
+        f"- command: `{command()}` ({time.monotonic() - t0:.0f} s)",
+        f"- date: {started}; machine: {mach}",
+        f"- server: `uvicorn --factory service.api:create_app --workers {a.workers}` (uvloop + httptools), "
+        f"subprocess; load: wrk (separate process, up to 2 threads, on the same 2 cores as the server); "
+        f"{a.duration:g} s per cell after a 1 s warm-up per scenario",
+        f"- artifact: {source}",
+        "- Redis: private redis-server, `appendonly yes`, `appendfsync everysec` (the 'fsync always' rows set "
+        "`appendfsync always` at runtime); the cold scenario cycles all 943 users while the cached vectors are "
+        "deleted every 100 ms ('cache hit' = Redis keyspace hits per request)",
+        "- baseline: `bench/bare_app.py`, same request and response models (`service.schemas`), constant 20 items",
+        "",
+        "### Verdict",
+        "",
+        *verdict,
+        *[f"- {n}" for n in notes],
+        "",
+        md_table(HEADERS, fmt(cells)),
+        "",
+        f"![throughput and p99](bench/{png.name})" if png else "",
+    ]
+    if "workers" in extra:
+        body += ["", "### Worker count (32 connections)", "", md_table(HEADERS, fmt(extra["workers"]))]
+    if "ref" in extra:
+        body += ["", f"### Before/after: service at `{a.compare_ref}` vs the working tree (same run)", "",
+                 md_table(HEADERS, fmt(extra["ref"]))]
+    if prof:
+        body += ["", "### Profile of the warm path (py-spy, 1 worker, 32 connections)", "",
+                 md_table(["function (file)", "inclusive %", "self %"],
+                          [(f"`{f}`", f"{i:.1f}", f"{s:.1f}") for f, i, s in prof[:25]])]
+    body += ["", "<details><summary>raw cells (JSON)</summary>\n", "```json",
+             json.dumps([asdict(c) for c in all_cells]), "```", "</details>"]
+    write_section("serve", "\n".join(body))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
