@@ -45,5 +45,5 @@ $MRDIB artifact verify "$HOME_DIR/artifacts/current"
 
 [ "${NO_SERVE:-0}" = "1" ] && exit 0
 echo "==> serving on http://$HOST:$PORT (logs: stdout; artifacts: $HOME_DIR/artifacts)"
-export MRDIB_EVENTS_WAL=${MRDIB_EVENTS_WAL:-$HOME_DIR/events.wal}
+export MRDIB_WAL_PATH=${MRDIB_WAL_PATH:-$HOME_DIR/events.wal.jsonl}
 exec $MRDIB serve --artifacts "$HOME_DIR/artifacts" --host "$HOST" --port "$PORT"

@@ -277,7 +277,8 @@ def make_scripts(w: Workload, warm_users: int) -> dict[str, Path]:
 class Flusher:
     """Deletes every cached user vector every `period` s, so that the 'cold' scenario really misses."""
 
-    LUA = "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('UNLINK', k) n = n + 1 end return n"
+    LUA = ("local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('UNLINK', k) n = n + 1 end "
+           "return n")
 
     def __init__(self, client: redis.Redis, pattern: str, period: float = 0.1):
         self.client, self.pattern, self.period = client, pattern, period

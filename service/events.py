@@ -143,6 +143,17 @@ class EventSink:
             except REDIS_DOWN as e:
                 self.link.mark_down("record_event", e)
         async with self._lock:
+            # Re-check under the lock: a replay may have drained the backlog while we waited. Without this,
+            # events queued behind a replay refill the WAL, so under steady load the service never returned
+            # to the Redis path (events capped at one fsync each) after an outage. Backlog 0 under the lock =
+            # every earlier event is in the stream, so order is kept.
+            if self.link.up and self.backlog == 0:
+                try:
+                    await self._apply(event, version)
+                    self.metrics.events.labels(sink="redis").inc()
+                    return "redis"
+                except REDIS_DOWN as e:
+                    self.link.mark_down("record_event", e)
             await asyncio.to_thread(self.wal.append, event.model_dump_json())
             self.backlog += 1
             self.metrics.event_backlog.set(self.backlog)

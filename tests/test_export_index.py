@@ -69,13 +69,13 @@ def test_exact_index_equals_numpy_topk(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("factory", ["HNSW32", "IVF16,Flat"])
 def test_approximate_index_meets_its_recorded_recall(tmp_path: Path, factory: str) -> None:
-    items, users = _vectors(3000, 16), _vectors(300, 16, seed=2)
+    items, users = _vectors(2000, 16), _vectors(200, 16, seed=2)
     params = {"efSearch": 64} if factory.startswith("HNSW") else {"nprobe": 4}
     built = build_indexes(items, users, tmp_path, factory=factory, search_params=params, k=10, n_queries=200)
     spec = built["ip"].spec
     assert spec["factory"] == factory and spec["search_params"] == params
     assert 0.5 < spec["recall_at_k"] <= 1.0
-    m = _manifest(3000, 16, {k: b.spec for k, b in built.items()})
+    m = _manifest(2000, 16, {k: b.spec for k, b in built.items()})
     loaded: LoadedIndex = load_index(tmp_path, "ip", m, use_gpu=False)
     # measured again, on other queries, through the service loader (which applies search_params)
     fresh = _vectors(200, 16, seed=9)
@@ -83,7 +83,7 @@ def test_approximate_index_meets_its_recorded_recall(tmp_path: Path, factory: st
     assert again >= spec["recall_at_k"] - 0.05, (again, spec["recall_at_k"])
     # and the parameters matter: with the weakest setting recall drops (so they really were applied)
     if factory.startswith("IVF"):
-        weak = load_index(tmp_path, "ip", _manifest(3000, 16, {
+        weak = load_index(tmp_path, "ip", _manifest(2000, 16, {
             "ip": {**spec, "search_params": {"nprobe": 1}}, "cosine": built["cosine"].spec}), use_gpu=False)
         assert index_recall(weak.index, fresh, items, 10) < again
 

@@ -34,6 +34,7 @@ def _write_config(tmp_path: Path, data: Path) -> Path:
         "results": str(tmp_path / "docs" / "RESULTS.md"),
         "figure_dir": str(tmp_path / "docs"),
         "cache_dir": str(tmp_path / "cache"),
+        "curves": False,
     }
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(exp), encoding="utf-8")

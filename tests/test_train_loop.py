@@ -29,24 +29,24 @@ def _embeddings(out: Path) -> dict[str, np.ndarray]:
 
 def test_same_seed_gives_identical_results_on_cpu(tiny, tmp_path: Path) -> None:
     cfg = tiny_config(**{"backbone.name": "freedom", "mrdib.enabled": True, "epochs": 2})
-    a = train(cfg, tiny, tmp_path / "a", progress=False)
-    b = train(cfg, tiny, tmp_path / "b", progress=False)
+    a = train(cfg, tiny, tmp_path / "a", progress=False, curves=False)
+    b = train(cfg, tiny, tmp_path / "b", progress=False, curves=False)
     assert a.valid == b.valid and a.test == b.test and a.best_epoch == b.best_epoch
     ea, eb = _embeddings(tmp_path / "a"), _embeddings(tmp_path / "b")
     assert ea.keys() == eb.keys() and len(ea) > 3  # MRdIB components exported
     for k in ea:
         np.testing.assert_array_equal(ea[k], eb[k])
-    train(cfg.model_copy(update={"seed": cfg.seed + 1}), tiny, tmp_path / "c", progress=False)
+    train(cfg.model_copy(update={"seed": cfg.seed + 1}), tiny, tmp_path / "c", progress=False, curves=False)
     assert not np.array_equal(_embeddings(tmp_path / "c")["user"], ea["user"])
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(tiny, tmp_path: Path) -> None:
     # LightGCN + MRdIB with CLUB: two optimisers, per-epoch RNG, early-stopping state all restored.
     cfg = tiny_config(**{"backbone.name": "lightgcn", "mrdib.enabled": True, "epochs": 4})
-    full = train(cfg, tiny, tmp_path / "full", progress=False)
-    train(cfg.model_copy(update={"epochs": 2}), tiny, tmp_path / "part", progress=False)
+    full = train(cfg, tiny, tmp_path / "full", progress=False, curves=False)
+    train(cfg.model_copy(update={"epochs": 2}), tiny, tmp_path / "part", progress=False, curves=False)
     assert (tmp_path / "part" / "resume" / "optimizer.safetensors").is_file()
-    resumed = train(cfg, tiny, tmp_path / "part", resume=True, progress=False)
+    resumed = train(cfg, tiny, tmp_path / "part", resume=True, progress=False, curves=False)
     assert resumed.epochs_run == full.epochs_run == 4
     assert resumed.valid == full.valid and resumed.test == full.test and resumed.best_epoch == full.best_epoch
     ef, er = _embeddings(tmp_path / "full"), _embeddings(tmp_path / "part")
@@ -61,7 +61,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tiny, tmp_path: Path
 def test_early_stopping_stops_after_patience_and_keeps_the_best_epoch(tiny, tmp_path: Path) -> None:
     # lr ~ 0: the validation metric cannot improve after the first epoch.
     cfg = tiny_config(**{"backbone.name": "bpr", "epochs": 50, "patience": 2, "lr": 1e-12})
-    r = train(cfg, tiny, tmp_path, progress=False)
+    r = train(cfg, tiny, tmp_path, progress=False, curves=False)
     assert r.stopped_early and r.epochs_run == 3 and r.best_epoch == 0
     m = read_metrics(tmp_path)
     assert m["stopped_early"] and m["epochs_run"] == 3 and m["best_epoch"] == 0
@@ -69,7 +69,7 @@ def test_early_stopping_stops_after_patience_and_keeps_the_best_epoch(tiny, tmp_
 
 def test_metrics_are_the_best_validation_epochs(tiny, tmp_path: Path) -> None:
     cfg = tiny_config(**{"backbone.name": "vbpr", "mrdib.enabled": True, "epochs": 5, "lr": 0.05})
-    r = train(cfg, tiny, tmp_path, progress=False)
+    r = train(cfg, tiny, tmp_path, progress=False, curves=False)
     history = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     vals = [h["valid"]["recall@20"] for h in history]
     assert r.best_epoch == int(np.argmax(vals))  # first maximum wins (strict improvement)
@@ -112,4 +112,4 @@ def test_optimizer_state_round_trips_through_safetensors(tmp_path: Path) -> None
 
 def test_bad_valid_metric_is_rejected_before_training(tiny, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="valid_metric"):
-        train(tiny_config(valid_metric="recall@30"), tiny, tmp_path, progress=False)
+        train(tiny_config(valid_metric="recall@30"), tiny, tmp_path, progress=False, curves=False)

@@ -33,6 +33,7 @@ import math
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -75,6 +76,7 @@ class ExperimentConfig(BaseModel):
     results: str = "docs/RESULTS.md"
     figure_dir: str = "docs"
     cache_dir: str = "runs/cache"
+    curves: bool = Field(True, description="write each run's curves.png (about a second per run)")
 
     @field_validator("seeds")
     @classmethod
@@ -214,7 +216,7 @@ def run_config(exp: ExperimentConfig, spec: str, row: Row, point: dict[str, Any]
 # --- running -------------------------------------------------------------------------------------
 
 
-def _run_one(cfg, dataset: InteractionDataset, run_dir: Path) -> dict:
+def _run_one(cfg, dataset: InteractionDataset, run_dir: Path, curves: bool = True) -> dict:
     """Train (or resume, or skip) one run; returns its metrics.json."""
     from training.trainer import train
 
@@ -222,13 +224,13 @@ def _run_one(cfg, dataset: InteractionDataset, run_dir: Path) -> dict:
     if metrics_path.is_file():
         return json.loads(metrics_path.read_text(encoding="utf-8"))
     resume = (run_dir / "resume" / "state.json").is_file()
-    train(cfg.model_copy(update={"out": str(run_dir)}), dataset, run_dir, resume=resume, progress=False)
+    train(cfg.model_copy(update={"out": str(run_dir)}), dataset, run_dir, resume=resume, progress=False, curves=curves)
     return json.loads(metrics_path.read_text(encoding="utf-8"))
 
 
 def _run_logged(exp, spec, dataset, row: Row, run_dirs: dict, point: dict[str, Any], seed: int, console) -> dict:
     t = time.perf_counter()
-    m = _run_one(run_config(exp, spec, row, point, seed), dataset, run_dirs[(grid_slug(point), seed)])
+    m = _run_one(run_config(exp, spec, row, point, seed), dataset, run_dirs[(grid_slug(point), seed)], exp.curves)
     console.print(
         f"[{dataset_slug(spec)}] {row.label:<34} {grid_slug(point):<24} seed {seed}: "
         f"valid {m['valid_metric']}={m['valid'][m['valid_metric']]:.4f} "
@@ -301,7 +303,9 @@ def run_experiment(
     (root / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     figure = Path(exp.figure_dir) / f"experiment-{exp.name}.png"
     _write_chart(summary, figure, exp.name)
-    section = render_section(exp, summary, config_path, figure, Path(exp.results), time.perf_counter() - t0)
+    command = f"mrdib experiment --config {shlex.quote(str(config_path))}"
+    command += "".join(f" --only {shlex.quote(o)}" for o in only or [])
+    section = render_section(exp, summary, command, figure, Path(exp.results), time.perf_counter() - t0)
     write_section(Path(exp.results), exp.name, section)
     console.print(f"wrote {exp.results} (section {exp.name}) and {figure}", highlight=False)
     return summary
@@ -336,13 +340,13 @@ def _fmt(ms: tuple[float, float]) -> str:
 
 
 def render_section(
-    exp: ExperimentConfig, summary: dict, config_path: Path, figure: Path, results: Path, seconds: float
+    exp: ExperimentConfig, summary: dict, command: str, figure: Path, results: Path, seconds: float
 ) -> str:
     date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"## Experiment `{exp.name}`",
         "",
-        f"- Command: `mrdib experiment --config {config_path}`",
+        f"- Command: `{command}`",
         f"- Machine: {machine()}; date: {date}; wall time {seconds / 60:.1f} min (finished runs are reused).",
         f"- Seeds: {exp.seeds}. Numbers: TEST metrics at each run's best-validation epoch (full ranking over all "
         "items, training items masked), mean ± sample std over seeds. Early stopping and every grid choice use "

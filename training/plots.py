@@ -35,18 +35,20 @@ def plot_curves(history: Sequence[dict], path: Path, valid_metric: str = "recall
     epochs = [r["epoch"] + 1 for r in history]
     terms = sorted({k for r in history for k in r.get("loss", {})})
     positive = any(v > 0 for r in history for v in r.get("loss", {}).values())
-    for term in terms:
+    palette = plt.get_cmap("tab20").colors  # MRdIB logs a dozen terms: more than the default 10 colours
+    for n, term in enumerate(terms):
         ys = [r["loss"].get(term, float("nan")) for r in history]
         if positive:  # log scale: terms span 1e-4..1e3; zero/negative points are left out, not clipped
             ys = [y if y > 0 else float("nan") for y in ys]
-        ax_loss.plot(epochs, ys, label=term, lw=2.0 if term == "loss" else 1.0)
+        color = "black" if term == "loss" else palette[n % len(palette)]
+        ax_loss.plot(epochs, ys, label=term, lw=2.0 if term == "loss" else 1.0, color=color)
     if positive:
         ax_loss.set_yscale("log")
         ax_loss.yaxis.set_minor_formatter(_null_formatter())  # minor log labels cost seconds to lay out
     ax_loss.set_xlabel("epoch")
     ax_loss.set_title("training loss terms")
     if terms:
-        ax_loss.legend(fontsize=7)
+        ax_loss.legend(fontsize=6, ncol=2, loc="upper right", framealpha=0.6)
     pts = [(r["epoch"] + 1, r["valid"][valid_metric]) for r in history if r.get("valid")]
     if pts:
         xs, ys = zip(*pts, strict=True)

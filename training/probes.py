@@ -24,6 +24,8 @@ from training.models.recommender import Recommender
 
 #: keys of factors.npz that describe the generator, not per-item factors
 _META_KEYS = frozenset({"synergy_pairs", "modalities"})
+#: per-user arrays (the generator's user preferences, for oracle checks) are not item factors
+_USER_PREFIX = "user_"
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,8 @@ class ProbeTable:
 def load_factors(path: Path | str, n_items: int | None = None) -> dict[str, np.ndarray]:
     """Per-item planted factors from a factors.npz (or the dataset folder holding it), as float64 [n_items, k].
 
-    Generator metadata (synergy_pairs, modalities) is dropped. 1-D arrays become one column.
+    Generator metadata (synergy_pairs, modalities) and per-user arrays (user_*) are dropped. 1-D arrays become
+    one column.
     Raises ValueError naming the file and key for a non-numeric array or a row count that is not n_items.
     """
     path = Path(path)
@@ -68,7 +71,7 @@ def load_factors(path: Path | str, n_items: int | None = None) -> dict[str, np.n
     out: dict[str, np.ndarray] = {}
     with np.load(file, allow_pickle=False) as z:
         for key in z.files:
-            if key in _META_KEYS:
+            if key in _META_KEYS or key.startswith(_USER_PREFIX):
                 continue
             arr = z[key]
             if not np.issubdtype(arr.dtype, np.number):

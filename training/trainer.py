@@ -111,6 +111,7 @@ def train(
     progress: bool = True,
     model_factory: ModelFactory | None = None,
     dist_info: D.DistInfo | None = None,
+    curves: bool = True,
 ) -> TrainResult:
     """Train one model to early stop and leave a checkpoint directory in `out`.
 
@@ -130,6 +131,8 @@ def train(
         (cfg, ctx) -> Recommender; default `training.models.recommender.build_recommender`.
     dist_info:
         override the torchrun environment (tests); default: read RANK/WORLD_SIZE/LOCAL_RANK.
+    curves:
+        draw curves.png at the end (matplotlib costs ~1 s per run; sweeps of many runs may skip it).
     """
     out = Path(out)
     info = dist_info or D.env_info()
@@ -172,6 +175,8 @@ def train(
     bounds = batch_bounds(len(train_u), cfg.batch_size, info.world_size)
 
     if info.is_main:
+        if not resume:  # a stale result must not outlive a new run that crashes (experiments skip on it)
+            (out / ckpt.METRICS).unlink(missing_ok=True)
         ckpt.write_json(out, ckpt.CONFIG, cfg.model_dump(mode="json"))
         ckpt.write_json(out, ckpt.DATASET, dataset_info(dataset, cfg.data))
         _rewrite_history(out, history)
@@ -262,7 +267,7 @@ def train(
         "ranks_in_sync": D.params_in_sync(model, info, device),
     }
     if info.is_main:
-        result = _finish(out, model, best_state, state, history, cfg, eval_data, ks, run_info)
+        result = _finish(out, model, best_state, state, history, cfg, eval_data, ks, run_info, curves)
     D.barrier(info)
     if own_group:
         D.shutdown()
@@ -286,7 +291,7 @@ def _evaluate(model: nn.Module, mask_csr, target_csr, popularity: np.ndarray, ks
         return run_evaluation(score_fn, mask_csr, target_csr, popularity, ks, batch_users)
 
 
-def _finish(out, model, best_state, state, history, cfg, eval_data, ks, run_info: dict) -> TrainResult:
+def _finish(out, model, best_state, state, history, cfg, eval_data, ks, run_info: dict, curves: bool) -> TrainResult:
     """Restore the best-validation state, test it once, write metrics.json, embeddings and curves."""
     from training.plots import plot_curves
 
@@ -314,7 +319,8 @@ def _finish(out, model, best_state, state, history, cfg, eval_data, ks, run_info
         **run_info,
     }
     ckpt.write_json(out, ckpt.METRICS, metrics)
-    plot_curves(history, out / ckpt.CURVES, cfg.valid_metric)
+    if curves:
+        plot_curves(history, out / ckpt.CURVES, cfg.valid_metric)
     return TrainResult(out, state.best_epoch, valid, test, state.epoch + 1, state.stopped_early, state.seconds, history)
 
 

@@ -60,6 +60,9 @@ class UserTower(nn.Module):
         self.register_buffer("table", torch.cat([items, torch.zeros(1, d)], dim=0))
         self.n_items, self.dim, self.max_history = int(n), int(d), int(max_history)
         self.pos_logit = nn.Parameter(torch.zeros(max_history))
+        # Scale of the MLP's input, set by the fit to 1 / mean pooled norm: item vectors of some
+        # backbones have norms ~20 while user vectors have ~0.4, and the MLP must see unit scale.
+        self.register_buffer("in_scale", torch.ones(()))
         self.proj = nn.Linear(d, d)
         with torch.no_grad():
             self.proj.weight.copy_(torch.eye(d))
@@ -71,6 +74,11 @@ class UserTower(nn.Module):
 
     def forward(self, history: Tensor) -> Tensor:
         # history: int64 [B, L], L <= max_history
+        pooled, loglen = self.pool(history)
+        return self.proj(pooled) + self.mlp(torch.cat([pooled * self.in_scale, loglen], dim=1))
+
+    def pool(self, history: Tensor) -> tuple[Tensor, Tensor]:
+        """(recency-weighted mean item vector [B, d], log(1 + history length) [B, 1])."""
         valid = (history >= 0) & (history < self.n_items)  # [B, L]
         idx = torch.where(valid, history, torch.full_like(history, self.n_items))
         e = torch.nn.functional.embedding(idx, self.table)  # [B, L, d]
@@ -79,7 +87,7 @@ class UserTower(nn.Module):
         w = torch.exp(logits - logits.max()) * valid.to(e.dtype)  # [B, L]
         pooled = (w.unsqueeze(-1) * e).sum(dim=1) / w.sum(dim=1, keepdim=True).clamp_min(1e-12)  # [B, d]
         loglen = torch.log1p(valid.to(e.dtype).sum(dim=1, keepdim=True))  # [B, 1]
-        return self.proj(pooled) + self.mlp(torch.cat([pooled, loglen], dim=1))
+        return pooled, loglen
 
 
 def inverse_std(std: np.ndarray, rel_floor: float = 0.01, constant: float = 1e-6) -> np.ndarray:
@@ -220,6 +228,7 @@ def _fit_user_tower(
     if len(users) == 0:
         return tower.eval()
     h_all, targets = h_all[users], torch.as_tensor(np.asarray(user_vectors, np.float32))[users]
+    _init_from_ridge(tower, h_all, targets)
     scale = targets.pow(2).sum(dim=1).mean().clamp_min(1e-12)
     items = tower.table[:-1]
     n_items = items.shape[0]
@@ -252,6 +261,26 @@ def _fit_user_tower(
             opt.step()
             sched.step()
     return tower.eval()
+
+
+@torch.no_grad()
+def _init_from_ridge(tower: UserTower, histories: Tensor, targets: Tensor, rel_ridge: float = 1e-3) -> None:
+    """Start the user tower at the ridge regression [pooled, 1] -> user vector (closed form).
+
+    Why: the learned user vectors need not live at the item vectors' scale or orientation (FREEDOM's
+    items have norms ~50x its users'); an identity start then sits far from any good solution and a
+    few seconds of Adam do not get there. The ridge fit is exact for the initial (uniform) pooling,
+    so training only has to learn recency weights and the non-linear correction.
+    """
+    pooled = torch.cat([tower.pool(histories[s : s + 4096])[0] for s in range(0, len(histories), 4096)])
+    x = torch.cat([pooled, torch.ones(len(pooled), 1)], dim=1).double()
+    xtx = x.T @ x
+    lam = rel_ridge * torch.trace(xtx) / xtx.shape[0]
+    w = torch.linalg.solve(xtx + lam * torch.eye(xtx.shape[0], dtype=xtx.dtype), x.T @ targets.double())
+    d = pooled.shape[1]
+    tower.proj.weight.copy_(w[:d].T.float())
+    tower.proj.bias.copy_(w[d].float())
+    tower.in_scale.fill_(1.0 / float(pooled.norm(dim=1).mean().clamp_min(1e-12)))
 
 
 def feature_stats(features: dict[str, np.ndarray], rows: np.ndarray | None = None) -> dict:

@@ -31,7 +31,9 @@ from mrdib.artifact.schema import Manifest
 from training import checkpoint as ckpt
 from training.data.dataset import TEST, TRAIN, InteractionDataset
 
-ONNX_TOLERANCE = 1e-4  # export aborts when ONNX Runtime and torch disagree by more (tests demand 1e-5)
+# Export aborts when ONNX Runtime and torch disagree by more than this x max(1, largest |vector entry|):
+# float32 rounding grows with the vectors' scale (FREEDOM's item norms are ~20). Tests demand 1e-5.
+ONNX_TOLERANCE = 1e-4
 ITEM_HOLDOUT_FRAC = 0.1  # share of trained items held out to measure the item tower before the final fit
 
 
@@ -189,8 +191,9 @@ def build_user_tower(
     short = real[:, : min(5, opts.max_history)]
     batches = [*random_history_batches(ds.n_items, opts.max_history, opts.seed), real, short]
     diff = check_user_tower(tower, path, batches)
-    if diff > ONNX_TOLERANCE:
-        raise ExportError(f"{path}: ONNX and torch user towers differ by {diff:.2e} (> {ONNX_TOLERANCE})")
+    tol = ONNX_TOLERANCE * max(1.0, float(np.abs(emb.user).max()))
+    if diff > tol:
+        raise ExportError(f"{path}: ONNX and torch user towers differ by {diff:.2e} (> {tol:.2e})")
     test, seen = ds.csr(TEST), ds.csr(TRAIN)  # the project's protocol: mask training items only
     learned = recall_at_k(emb.user, emb.item, test, seen, k)
     towered = recall_at_k(user_tower_vectors(tower, hist), emb.item, test, seen, k)
@@ -262,8 +265,9 @@ def build_item_tower(
          for m, x in ds.features.items()},
     ]
     diff = check_item_tower(tower, path, batches)
-    if diff > ONNX_TOLERANCE:
-        raise ExportError(f"{path}: ONNX and torch item towers differ by {diff:.2e} (> {ONNX_TOLERANCE})")
+    tol = ONNX_TOLERANCE * max(1.0, float(np.abs(emb.item).max()))
+    if diff > tol:
+        raise ExportError(f"{path}: ONNX and torch item towers differ by {diff:.2e} (> {tol:.2e})")
     metrics["item_tower_onnx_max_abs_diff"] = diff
     return _finite(metrics)
 

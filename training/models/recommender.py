@@ -59,7 +59,8 @@ class Recommender(nn.Module):
             total = sum(terms.values())
         else:
             state, pos_idx, neg_idx = self._plugin_state(pos, neg, sample=self.training)
-            item_emb = item_emb.index_add(0, state.items, state.content)
+            # cast: under bf16 autocast the content comes out of Linear layers in bf16, the table may be fp32
+            item_emb = item_emb.index_add(0, state.items, state.content.to(item_emb.dtype))
             terms = self.backbone.loss(users, pos, neg, user_emb, item_emb)
             total = sum(terms.values())
             extra = self.mrdib.losses(state, user_emb[users], pos_idx, neg_idx)

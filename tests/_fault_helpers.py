@@ -1,0 +1,123 @@
+"""Support for the fault tests: steady background load, and the figures each test records.
+
+Figures: a fault test calls `record(name, **figures)` (load held, faults injected, requests sent,
+failures). When MRDIB_FAULT_REPORT_DIR is set (bench/fault_report.py sets it), they are written there as
+JSON for docs/BENCHMARKS.md; otherwise recording is a no-op, so the tests run the same in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from tests._service_helpers import PrivateRedis, redis_available
+
+REPORT_ENV = "MRDIB_FAULT_REPORT_DIR"
+
+
+def record(name: str, **figures: object) -> None:
+    """Write this test's figures (JSON) into $MRDIB_FAULT_REPORT_DIR/<name>.json when that is set."""
+    out = os.environ.get(REPORT_ENV)
+    if not out:
+        return
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / f"{name}.json").write_text(json.dumps({"test": name, **figures}, default=str, indent=1))
+
+
+def wait_for(pred: Callable[[], object], timeout: float = 15.0, what: str = "condition", every: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Load:
+    """`threads` loops, each calling `step(client, i)` until stopped; counts status codes and transport errors.
+
+    `step` returns the httpx.Response (or None to skip counting); everything else it wants to keep, it keeps
+    itself (thread-safe containers: list.append is atomic in CPython)."""
+
+    def __init__(self, base_url: str, step: Callable[[httpx.Client, int, int], httpx.Response | None],
+                 threads: int = 2, limit: int | None = None):
+        self.base_url, self.step, self.limit = base_url, step, limit
+        self.statuses: Counter[int] = Counter()
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self.sent = 0
+        self.threads = [threading.Thread(target=self._run, args=(t,), daemon=True) for t in range(threads)]
+
+    def _run(self, tid: int) -> None:
+        with httpx.Client(base_url=self.base_url, timeout=10) as c:
+            i = 0
+            while not self.stop.is_set():
+                with self._lock:
+                    if self.limit is not None and self.sent >= self.limit:
+                        return
+                    self.sent += 1
+                try:
+                    r = self.step(c, tid, i)
+                except httpx.HTTPError as e:  # a transport failure is a failure of the service too
+                    self.errors.append(f"{type(e).__name__}: {e}")
+                    continue
+                finally:
+                    i += 1
+                if r is not None:
+                    with self._lock:
+                        self.statuses[r.status_code] += 1
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def join(self, timeout: float = 120) -> None:
+        for t in self.threads:
+            t.join(timeout)
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.join()
+
+    @property
+    def count(self) -> int:
+        return sum(self.statuses.values())
+
+    def server_errors(self) -> int:
+        return sum(n for s, n in self.statuses.items() if s >= 500)
+
+
+class FastPrivateRedis(PrivateRedis):
+    """PrivateRedis with `appendfsync everysec`: each write still reaches the AOF file (write(2)) before Redis
+    replies, so a killed *process* loses nothing it acknowledged (only a machine crash could lose up to 1 s);
+    it avoids one disk fsync per command, which would make a 10,000-event test take minutes on slow disks."""
+
+    def start(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server not installed")
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
+             "--appendonly", "yes", "--appendfsync", "everysec"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: redis_available(self.url), timeout=10, what="private redis-server to start")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no final AOF rewrite."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        self.proc = None
