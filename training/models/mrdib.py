@@ -31,6 +31,8 @@ Concrete choices where MRdIB.md leaves one open (each is switchable through MRdI
   e_u and take u_m' of other triples (the usual marginal approximation of p(x_m' | y)). Concatenating
   e_u to both sides would let the critic match triples on e_u alone, which is trivial here because
   each triple has its own user.
+- e_u is the backbone's final user vector and is NOT detached in the auxiliary terms: the decomposition is
+  defined relative to the recommendation target, so the user space and the content codes are fitted together.
 - Averages: KL, redundancy and dependence terms are over the batch's DISTINCT items (popular items are
   not over-weighted); ranking terms (sufficiency, unique, synergy) are over triples, like BPR.
   Per-modality terms are summed over modalities, as in MRdIB.md's L_suf and L_syn.
