@@ -17,7 +17,7 @@ import numpy as np
 import structlog
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import recommender
@@ -30,6 +30,7 @@ from service.model_store import ModelStore, NoModelError, ServingModel, cancel_q
 from service.redis_link import RedisLink
 from service.schemas import (
     MAX_K,
+    ErrorOut,
     EventAccepted,
     EventIn,
     ItemChanged,
@@ -127,6 +128,18 @@ def admin_dep(ctx: AppContext = Depends(ctx_dep), authorization: str | None = He
         raise HTTPException(403, "invalid admin token")
 
 
+def _errors(**codes: str) -> dict[int | str, dict]:
+    """OpenAPI `responses` entries for error statuses, all with the ErrorOut body."""
+    return {int(c[1:]): {"model": ErrorOut, "description": d} for c, d in codes.items()}
+
+
+# Statuses any route may answer (middleware and exception handlers), documented so that the schema is true.
+COMMON_ERRORS = _errors(s400="malformed JSON body or invalid Content-Length", s413="request body too large",
+                        s415="body is not application/json", s422="invalid field (the message names it)",
+                        s500="unexpected error (no details leak)", s503="no model loaded yet")
+ADMIN_ERRORS = _errors(s401="no bearer token", s403="wrong token, or admin routes disabled")
+
+
 def _scored(items: list[recommender.Scored]) -> list[ScoredItem]:
     return [ScoredItem(item_id=s.item_id, score=s.score, explain=s.explain) for s in items]
 
@@ -148,7 +161,8 @@ def add_routes(app: FastAPI) -> None:
         return RecommendResponse(model_version=r.model_version, items=_scored(r.items), source=r.source,
                                  cached=r.cached, unknown_items=r.unknown_items)
 
-    @app.get("/items/{item_id}/similar", response_model=SimilarResponse, response_model_exclude_none=True)
+    @app.get("/items/{item_id}/similar", response_model=SimilarResponse, response_model_exclude_none=True,
+             responses=_errors(s404="unknown or deleted item id"))
     async def similar_items(item_id: str = Path(min_length=1, max_length=256),
                             k: int = Query(default=20, ge=1, le=MAX_K), ctx: AppContext = Depends(ctx_dep),
                             model: ServingModel = Depends(model_dep)) -> SimilarResponse:
@@ -170,7 +184,8 @@ def add_routes(app: FastAPI) -> None:
             raise HTTPException(503, "event could not be stored durably (Redis and local WAL failed); retry") from e
         return EventAccepted(event_id=event.event_id, durable_in=sink)
 
-    @app.put("/items/{item_id}", response_model=ItemChanged, dependencies=[Depends(admin_dep)])
+    @app.put("/items/{item_id}", response_model=ItemChanged, dependencies=[Depends(admin_dep)],
+             responses=ADMIN_ERRORS)
     async def put_item(body: ItemIn, item_id: str = Path(min_length=1, max_length=256),
                        ctx: AppContext = Depends(ctx_dep), model: ServingModel = Depends(model_dep)) -> ItemChanged:
         """Add or change an item from its modality features; searchable at once (side index)."""
@@ -189,7 +204,8 @@ def add_routes(app: FastAPI) -> None:
         return ItemChanged(model_version=model.version, item_id=item_id, status="indexed",
                            side_index_size=len(model.overlay.side_ids))
 
-    @app.delete("/items/{item_id}", response_model=ItemChanged, dependencies=[Depends(admin_dep)])
+    @app.delete("/items/{item_id}", response_model=ItemChanged, dependencies=[Depends(admin_dep)],
+                responses={**ADMIN_ERRORS, **_errors(s404="unknown item id")})
     async def delete_item(item_id: str = Path(min_length=1, max_length=256), ctx: AppContext = Depends(ctx_dep),
                           _model: ServingModel = Depends(model_dep)) -> ItemChanged:
         """Hide an item from every result (kept across model versions until it is PUT again)."""
@@ -200,7 +216,8 @@ def add_routes(app: FastAPI) -> None:
         return ItemChanged(model_version=model.version, item_id=item_id, status="deleted",
                            side_index_size=len(model.overlay.side_ids))
 
-    @app.post("/admin/reload", response_model=ReloadOut, dependencies=[Depends(admin_dep)])
+    @app.post("/admin/reload", response_model=ReloadOut, dependencies=[Depends(admin_dep)],
+              responses={**ADMIN_ERRORS, 409: {"model": ReloadOut, "description": "the candidate was refused"}})
     async def reload(ctx: AppContext = Depends(ctx_dep)) -> JSONResponse:
         """Load the version `current` points to now (verified); 409 when it is refused."""
         r = await ctx.store.refresh(force=True)
@@ -221,7 +238,7 @@ def add_routes(app: FastAPI) -> None:
                 "redis": redis, "event_backlog": ctx.events.backlog}
         return JSONResponse(body, status_code=200 if model else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics(ctx: AppContext = Depends(ctx_dep)) -> Response:
         ctx.metrics.event_backlog.set(ctx.events.backlog)
         return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -295,7 +312,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await ctx.stop()
 
-    app = FastAPI(title="MRdIB recommender", version="1", lifespan=lifespan)
+    app = FastAPI(title="MRdIB recommender", version="1", lifespan=lifespan, responses=COMMON_ERRORS)
     app.state.ctx = ctx
     add_routes(app)
     add_error_handlers(app)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.events import EVENT_TYPE_RE
 
-ItemId = str
+# Constraints live in the type (not in a validator) so that they appear in the OpenAPI schema: clients and
+# the schema fuzzer (tests/test_fault_fuzz.py) then know that "" is not an item id.
+ItemId = Annotated[str, Field(min_length=1, max_length=256)]
 MAX_K = 1000
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 class _In(BaseModel):
@@ -32,13 +35,12 @@ class RecommendRequest(_In):
     exclude: list[ItemId] = Field(default_factory=list)
     explain: bool = False
 
-    @field_validator("history", "exclude")
-    @classmethod
-    def _ids(cls, v: list[str]) -> list[str]:
-        for x in v:
-            if not x or len(x) > 256:
-                raise ValueError("item ids must be 1..256 characters")
-        return v
+
+class ErrorOut(BaseModel):
+    """Body of every error answer: one message naming the problem; for 422 also each field error."""
+
+    detail: str
+    errors: list[str] | None = Field(default=None, description="one message per invalid field (422 only)")
 
 
 class ScoredItem(BaseModel):
@@ -71,6 +73,15 @@ class EventIn(_In):
     event_id: str | None = Field(default=None, min_length=1, max_length=64,
                                  description="client idempotency key; generated when absent")
 
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _iso_only(cls, v: object) -> object:
+        """ISO 8601 strings only, as documented: pydantic would also take a number as Unix seconds, so a
+        client sending milliseconds would silently record dates 50,000 years away."""
+        if v is not None and not isinstance(v, str | datetime):
+            raise ValueError("timestamp must be an ISO 8601 date-time string, e.g. 2026-01-31T12:00:00Z")
+        return v
+
 
 class EventAccepted(BaseModel):
     event_id: str
@@ -88,6 +99,10 @@ class ItemIn(_In):
         for name, xs in v.items():
             if not all(math.isfinite(x) for x in xs):
                 raise ValueError(f"features[{name!r}] contains NaN or infinity")
+            # The item tower runs in float32: a larger magnitude would silently become inf there and give the
+            # item a NaN vector that matches nothing.
+            if any(abs(x) > FLOAT32_MAX for x in xs):
+                raise ValueError(f"features[{name!r}] has a value beyond the float32 range (|x| > {FLOAT32_MAX:.3g})")
         return v
 
 

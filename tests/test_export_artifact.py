@@ -77,7 +77,13 @@ def test_artifact_contents_agree_with_checkpoint_and_data(exported: dict[str, Pa
     np.testing.assert_array_equal(a.item_popularity, ds.item_popularity())
     assert a.item_ids == ds.item_ids and a.user_ids == ds.user_ids
     train = ds.train_csr()
-    assert a.seen_items(3).tolist() == train[3].indices.tolist()
+    assert sorted(a.seen_items(3).tolist()) == train[3].indices.tolist()
+    # the service feeds these rows to the user tower: most recent first
+    indptr, recent = ds.recent_first()
+    assert a.seen_items(3).tolist() == recent[indptr[3] : indptr[4]].tolist()
+    u3 = ds.split_pairs(0)[0] == 3
+    ts = dict(zip(ds.split_pairs(0)[1][u3].tolist(), ds.timestamps[ds.splits == 0][u3].tolist(), strict=True))
+    assert [ts[i] for i in a.seen_items(3).tolist()] == sorted(ts.values(), reverse=True)
     assert m.metrics == {"valid": {"recall@20": 0.5}, "test": {"recall@20": 0.4}}
     for key in ("user_tower_test_recall@20", "user_vectors_test_recall@20", "item_tower_holdout_cosine"):
         assert key in m.tower_metrics

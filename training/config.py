@@ -57,6 +57,13 @@ class MRdIBConfig(_Cfg):
     contrastive_max: int = Field(
         256, ge=2, description="in-batch rows used by InfoNCE / HSIC / dCor terms (random subset; caps O(n^2) cost)"
     )
+    lambda_ib: float = Field(1.0, ge=0.0, description="weight of the sufficiency BPR terms in L_IB")
+    init_scale: float = Field(
+        1.0, ge=0.0, description="P (content projection) initialised at this multiple of the default init"
+    )
+    content_reg: float = Field(0.0, ge=0.0, description="L2 on the batch items' content vectors (like reg_weight)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on each encoder's hidden layer (training only)")
+    detach_user: bool = Field(False, description="auxiliary terms see e_u detached (only BPR moves user vectors)")
 
 
 class TrainConfig(_Cfg):

@@ -12,7 +12,7 @@ Layout of one artifact directory (file names are fixed here, nowhere else)::
     item_ids.json          list[str], external item id of each row
     user_ids.json          list[str], external user id of each row
     item_popularity.npy    int64 [n_items] training interaction counts
-    train_csr.npz          indptr/indices of the user x item training matrix (no pickle)
+    train_csr.npz          indptr/indices of each user's training items, most recent first (no pickle)
     user_tower.onnx        history (item rows, padded) -> user vector
     item_tower.onnx        modality features -> item vector (cold-start items)
     index_ip.faiss         inner-product index over item_vectors (recommendations)

@@ -100,6 +100,20 @@ class InteractionDataset:
     def train_csr(self) -> sp.csr_matrix:
         return self.csr(TRAIN)
 
+    def recent_first(self, splits: tuple[int, ...] = (TRAIN,)) -> tuple[np.ndarray, np.ndarray]:
+        """(indptr [n_users+1], indices) of each user's items, most recent first.
+
+        The user tower reads histories in this order, so the artifact stores training items this
+        way too. Timestamp ties keep the file order reversed (a later line counts as more recent),
+        which keeps the order deterministic for datasets without timestamps.
+        """
+        mask = np.isin(self.splits, splits)
+        u, i, t = self.users[mask], self.items[mask], self.timestamps[mask]
+        order = np.lexsort((-np.arange(len(u)), -t, u))
+        indptr = np.zeros(self.n_users + 1, dtype=np.int64)
+        np.cumsum(np.bincount(u, minlength=self.n_users), out=indptr[1:])
+        return indptr, i[order].astype(np.int64)
+
     def item_popularity(self) -> np.ndarray:
         """int64 [n_items] training interaction counts."""
         _, i = self.split_pairs(TRAIN)

@@ -166,8 +166,8 @@ def write_arrays(staging: Path, ds: InteractionDataset, emb: ckpt.Embeddings) ->
     (staging / S.ITEM_IDS).write_text(json.dumps([str(x) for x in ds.item_ids]), encoding="utf-8")
     (staging / S.USER_IDS).write_text(json.dumps([str(x) for x in ds.user_ids]), encoding="utf-8")
     np.save(staging / S.ITEM_POPULARITY, ds.item_popularity().astype(np.int64))
-    csr = ds.train_csr()
-    np.savez(staging / S.TRAIN_CSR, indptr=csr.indptr.astype(np.int64), indices=csr.indices.astype(np.int64))
+    indptr, indices = ds.recent_first()  # most recent first: the service feeds these rows to the user tower
+    np.savez(staging / S.TRAIN_CSR, indptr=indptr, indices=indices)
     return components
 
 

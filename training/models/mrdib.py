@@ -80,8 +80,11 @@ class ModalityEncoder(nn.Module):
     costs O(hidden * d_in) per step instead of two elementwise passes over every [n, d_in] input.
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int, latent_dim: int, stochastic: bool, x: Tensor) -> None:
+    def __init__(
+        self, in_dim: int, hidden_dim: int, latent_dim: int, stochastic: bool, x: Tensor, dropout: float = 0.0
+    ) -> None:
         super().__init__()
+        self.dropout = dropout
         self.register_buffer("mean", x.mean(0))
         self.register_buffer("inv_std", 1.0 / x.std(0, unbiased=False).clamp_min(1e-6))
         self.hidden = nn.Linear(in_dim, hidden_dim)
@@ -95,6 +98,8 @@ class ModalityEncoder(nn.Module):
         else:
             pre = self.hidden(x)
         h = F.leaky_relu(pre, 0.2)
+        if self.dropout > 0.0 and self.training:
+            h = F.dropout(h, self.dropout)
         mu = self.mu(h)
         if self.sigma is None:
             return mu, None
@@ -180,7 +185,8 @@ class MRdIB(nn.Module):
 
         lat, hid = cfg.latent_dim, cfg.hidden_dim
         self.encoders = nn.ModuleList(
-            ModalityEncoder(x.shape[1], hid, lat, stochastic=cfg.use_ib, x=x) for x in self._features
+            ModalityEncoder(x.shape[1], hid, lat, stochastic=cfg.use_ib, x=x, dropout=cfg.dropout)
+            for x in self._features
         )
         self.sufficiency_heads = (
             nn.ModuleList(nn.Linear(lat, dim, bias=False) for _ in range(n_mod)) if cfg.use_ib else None
@@ -192,6 +198,13 @@ class MRdIB(nn.Module):
         self.proj_shared = nn.Linear(cfg.shared_dim, dim, bias=False)
         self.proj_unique = nn.ModuleList(nn.Linear(cfg.unique_dim, dim, bias=False) for _ in range(n_mod))
         self.proj_synergy = nn.Linear(cfg.synergy_dim, dim, bias=False) if cfg.use_synergy else None
+        if cfg.init_scale != 1.0:
+            # a small P starts the item vector at the backbone's own (ID) vector: with the default init the
+            # content vector is ~10x larger than xavier ID rows and swamps them before it has learnt anything
+            with torch.no_grad():
+                for proj in (self.proj_shared, *self.proj_unique, self.proj_synergy):
+                    if proj is not None:
+                        proj.weight.mul_(cfg.init_scale)
 
         pairs = n_mod >= 2
         if cfg.use_unique and pairs:
@@ -305,6 +318,11 @@ class MRdIB(nn.Module):
         cfg, out = self.cfg, {}
         n_mod = len(self.modalities)
         device = user.device
+        if cfg.content_reg > 0.0:
+            content = state.content
+            out["mrdib_creg"] = ((content[pos] ** 2).sum() + (content[neg] ** 2).sum()) / (2.0 * max(len(pos), 1))
+        if cfg.detach_user:
+            user = user.detach()
         if cfg.use_ib:
             assert self.sufficiency_heads is not None
             suf, kl = user.new_zeros(()), user.new_zeros(())
@@ -379,7 +397,8 @@ class MRdIB(nn.Module):
         """L_IB + lambda_u L_uni + lambda_r L_red + lambda_s L_syn from `losses`' terms; None if all are off."""
         cfg = self.cfg
         weights = {
-            "mrdib_suf": 1.0,
+            "mrdib_suf": cfg.lambda_ib,
+            "mrdib_creg": cfg.content_reg,
             "mrdib_kl": cfg.beta,
             "mrdib_uni": cfg.lambda_u,
             "mrdib_uni_cond": cfg.lambda_u,
