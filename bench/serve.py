@@ -158,7 +158,7 @@ def lua_script(kind: str, *, bodies: list[str] | None = None, paths: list[str] |
     head = """
 local threads = {}
 setup = function(thread) table.insert(threads, thread); thread:set("tid", #threads) end
-init = function(args) counter = 0 end
+init = function(args) counter = 0; nonce = args[1] or "0" end
 """
     if kind == "post":
         body = f"""
@@ -183,8 +183,8 @@ end
 local headers = {{["Content-Type"] = "application/json"}}
 request = function()
   counter = counter + 1
-  local b = string.format('{{"user_id":"u%d","item_id":"i%d","type":"click","event_id":"{run_id}-%d-%d"}}',
-    (counter * 31 + tid) % {n_users}, (counter * 17 + tid * 5) % {n_items}, tid, counter)
+  local b = string.format('{{"user_id":"u%d","item_id":"i%d","type":"click","event_id":"{run_id}-%s-%d-%d"}}',
+    (counter * 31 + tid) % {n_users}, (counter * 17 + tid * 5) % {n_items}, nonce, tid, counter)
   return wrk.format("POST", "/events", headers, b)
 end
 """
@@ -208,10 +208,15 @@ class Cell:
     note: str = ""
 
 
+_NONCE = iter(range(1, 1 << 30))
+
+
 def wrk(url: str, script: Path, conns: int, duration: float) -> dict:
+    """One wrk run; a fresh nonce per run keeps generated event ids unique across runs (they are deduped)."""
     threads = max(1, min(2, conns))
-    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{duration}s", "--timeout", "5s",
-                          "-s", str(script), url], capture_output=True, text=True, timeout=duration + 60)
+    cmd = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{max(1, round(duration))}s", "--timeout", "5s",
+           "-s", str(script), url, "--", str(next(_NONCE))]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
     for line in out.stdout.splitlines():
         if line.startswith("WRKJSON "):
             return json.loads(line[8:])
@@ -433,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workers", type=int, default=2, help="uvicorn workers (service and baseline alike)")
     p.add_argument("--compare-workers", default="1", help="also measure bare+warm at 32 conns with these")
-    p.add_argument("--duration", type=float, default=3.0, help="seconds per cell")
+    p.add_argument("--duration", type=int, default=3, help="seconds per cell (wrk takes whole seconds)")
     p.add_argument("--conns", default="1,8,32,128")
     p.add_argument("--artifacts", type=Path, default=None, help="published artifacts root (default: synthetic)")
     p.add_argument("--compare-ref", default=None, help="git ref whose service/ is measured too (warm scenario)")

@@ -1,18 +1,21 @@
 #!/bin/sh
 # One-shot training: dataset -> checkpoint -> verified artifact published under the artifacts root.
 #
-# Used by the compose `trainer` service, the Kubernetes bootstrap Job and tests/test_ops_*.py, so the
-# same commands run everywhere. Settings come from the environment (defaults in brackets):
+# Used by the compose `trainer` service, the Kubernetes bootstrap Job and tests/test_ops_e2e.py, so the
+# same commands run everywhere; they are quickstart.sh's (FREEDOM + MRdIB, the product's main model,
+# about a minute on CPU for the built-in catalogue). Settings come from the environment (defaults in brackets):
 #   MRDIB_ARTIFACTS   artifacts root to publish into              [/var/lib/mrdib/artifacts]
 #   MRDIB_DATASET     MMRec dataset folder; when it holds no *.inter, the built-in synthetic catalogue
 #                     is generated into it first                  [/data/dataset]
 #   MRDIB_WORK        scratch space for the checkpoint            [/var/lib/mrdib/work]
-#   MRDIB_BACKBONE    bpr | lightgcn | vbpr | freedom | mgcn      [lightgcn]
+#   MRDIB_BACKBONE    bpr | lightgcn | vbpr | freedom | mgcn      [freedom]
 #   MRDIB_PLUGIN      1 = train with the MRdIB plug-in, 0 = without [1]
-#   MRDIB_EPOCHS      maximum epochs (early stopping may end sooner) [50]
+#   MRDIB_EPOCHS      maximum epochs (early stopping may end sooner) [60]
 #   MRDIB_DEVICE      auto | cpu | cuda                           [auto]
 #   MRDIB_SYNTH_PRESET  preset of the built-in catalogue          [small]
+#   MRDIB_SYNTH_ARGS  extra arguments for `mrdib data synth`, e.g. "--users 200 --items 120" []
 #   MRDIB_TRAIN_ARGS  extra arguments for `mrdib train`, e.g. "--batch-size 512 --seed 7" []
+#   MRDIB_EXPORT_ARGS extra arguments for `mrdib export`, e.g. "--tower-epochs 20 --keep 3" []
 #   MRDIB_FORCE_TRAIN 1 = train even when a model is already published [0]
 # Exit status: 0 published (or already published), non-zero = the failing step's status.
 set -eu
@@ -20,8 +23,8 @@ set -eu
 artifacts=${MRDIB_ARTIFACTS:-/var/lib/mrdib/artifacts}
 dataset=${MRDIB_DATASET:-/data/dataset}
 work=${MRDIB_WORK:-/var/lib/mrdib/work}
-backbone=${MRDIB_BACKBONE:-lightgcn}
-epochs=${MRDIB_EPOCHS:-50}
+backbone=${MRDIB_BACKBONE:-freedom}
+epochs=${MRDIB_EPOCHS:-60}
 device=${MRDIB_DEVICE:-auto}
 preset=${MRDIB_SYNTH_PRESET:-small}
 case "${MRDIB_PLUGIN:-1}" in
@@ -42,7 +45,8 @@ fi
 mkdir -p "$artifacts" "$work" "$dataset"
 if ! ls "$dataset"/*.inter >/dev/null 2>&1; then
   log "no *.inter in $dataset: generating the built-in synthetic catalogue (preset $preset)"
-  mrdib data synth --out "$dataset" --preset "$preset"
+  # shellcheck disable=SC2086  # MRDIB_SYNTH_ARGS is a word list on purpose
+  mrdib data synth --out "$dataset" --preset "$preset" ${MRDIB_SYNTH_ARGS:-}
 fi
 mrdib data inspect "$dataset" >&2
 
@@ -52,7 +56,8 @@ log "training $backbone ($plugin) on $dataset -> $checkpoint"
 mrdib train --data "$dataset" --backbone "$backbone" "$plugin" --epochs "$epochs" --device "$device" \
   --out "$checkpoint" --no-progress ${MRDIB_TRAIN_ARGS:-}
 log "exporting $checkpoint -> $artifacts"
-mrdib export --checkpoint "$checkpoint" --out "$artifacts"
+# shellcheck disable=SC2086  # MRDIB_EXPORT_ARGS is a word list on purpose
+mrdib export --checkpoint "$checkpoint" --out "$artifacts" ${MRDIB_EXPORT_ARGS:-}
 version=$(cat "$artifacts/current")
 mrdib artifact verify "$artifacts/$version"
 log "published $version"

@@ -141,7 +141,16 @@ ADMIN_ERRORS = _errors(s401="no bearer token", s403="wrong token, or admin route
 
 
 def _scored(items: list[recommender.Scored]) -> list[ScoredItem]:
-    return [ScoredItem(item_id=s.item_id, score=s.score, explain=s.explain) for s in items]
+    # model_construct: these values come from our own code with the right types; validating them again
+    # was a measurable share of the warm path (docs/BENCHMARKS.md, serve profile).
+    return [ScoredItem.model_construct(item_id=s.item_id, score=s.score, explain=s.explain) for s in items]
+
+
+def _json(model: RecommendResponse | SimilarResponse) -> Response:
+    """Serialise in one pass with pydantic's Rust serializer. Returning the model instead made FastAPI dump it,
+    validate the dump against the response model and json.dumps it again (3 passes per request). The route
+    keeps `response_model` for the OpenAPI schema."""
+    return Response(model.model_dump_json(exclude_none=True), media_type="application/json")
 
 
 # --- routes ------------------------------------------------------------------------------------
@@ -149,7 +158,7 @@ def _scored(items: list[recommender.Scored]) -> list[ScoredItem]:
 def add_routes(app: FastAPI) -> None:
     @app.post("/recommend", response_model=RecommendResponse, response_model_exclude_none=True)
     async def recommend(body: RecommendRequest, ctx: AppContext = Depends(ctx_dep),
-                        model: ServingModel = Depends(model_dep)) -> RecommendResponse:
+                        model: ServingModel = Depends(model_dep)) -> Response:
         """Top-k items for a user and/or a history (see service/README.md for the rules)."""
         if len(body.history) > ctx.settings.max_request_history:
             raise HTTPException(422, f"history has {len(body.history)} items; at most "
@@ -158,20 +167,22 @@ def add_routes(app: FastAPI) -> None:
             raise HTTPException(422, f"exclude has {len(body.exclude)} items; at most {ctx.settings.max_exclude}")
         q = recommender.Query(body.user_id, body.history, body.k, body.exclude_seen, body.exclude, body.explain)
         r = await recommender.recommend(q, model, ctx.state, ctx.pool, ctx.metrics)
-        return RecommendResponse(model_version=r.model_version, items=_scored(r.items), source=r.source,
-                                 cached=r.cached, unknown_items=r.unknown_items)
+        return _json(RecommendResponse.model_construct(model_version=r.model_version, items=_scored(r.items),
+                                                       source=r.source, cached=r.cached,
+                                                       unknown_items=r.unknown_items))
 
     @app.get("/items/{item_id}/similar", response_model=SimilarResponse, response_model_exclude_none=True,
              responses=_errors(s404="unknown or deleted item id"))
     async def similar_items(item_id: str = Path(min_length=1, max_length=256),
                             k: int = Query(default=20, ge=1, le=MAX_K), ctx: AppContext = Depends(ctx_dep),
-                            model: ServingModel = Depends(model_dep)) -> SimilarResponse:
+                            model: ServingModel = Depends(model_dep)) -> Response:
         """Nearest items by cosine of item vectors, the item itself excluded."""
         try:
             items = await recommender.similar(model, item_id, k, ctx.pool)
         except KeyError:
             raise HTTPException(404, f"unknown item id {item_id!r} in model {model.version}") from None
-        return SimilarResponse(model_version=model.version, item_id=item_id, items=_scored(items))
+        return _json(SimilarResponse.model_construct(model_version=model.version, item_id=item_id,
+                                                     items=_scored(items)))
 
     @app.post("/events", status_code=202, response_model=EventAccepted)
     async def post_event(body: EventIn, ctx: AppContext = Depends(ctx_dep)) -> EventAccepted:

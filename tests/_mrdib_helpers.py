@@ -12,6 +12,12 @@ from training.models.recommender import Recommender, build_recommender
 
 DIM = 16
 SMALL = dict(hidden_dim=24, latent_dim=12, shared_dim=8, unique_dim=8, synergy_dim=8, club_hidden_dim=16)
+# The tests exercise every estimator path: they pin CLUB and the original unit weights / init / no content L2
+# (the defaults chosen on ml-100k-mm-sparse validation differ; tests/test_mrdib_knobs.py covers those).
+SMALL.update(
+    redundancy_estimator="club", lambda_u=0.1, lambda_r=0.1, lambda_s=0.1, lambda_ib=1.0, init_scale=1.0,
+    content_reg=0.0, contrastive_max=256,
+)
 
 
 def planted(modalities: tuple[str, ...] = ("image", "text"), n_users: int = 40, n_items: int = 48, seed: int = 0):

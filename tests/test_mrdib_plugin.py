@@ -18,6 +18,7 @@ TERMS = {
     "use_synergy": {"mrdib_syn_bpr", "mrdib_syn_mask"},
 }
 ALL_TERMS = set().union(*TERMS.values())
+WEIGHTED = ALL_TERMS | {"mrdib_creg"}  # + the content L2 (on whenever content_reg > 0, whatever the switches)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,7 +42,8 @@ def ds3():
 def _weights(model) -> dict[str, float]:
     c = model.mrdib.cfg
     return {
-        "mrdib_suf": 1.0,
+        "mrdib_suf": c.lambda_ib,
+        "mrdib_creg": c.content_reg,
         "mrdib_kl": c.beta,
         "mrdib_uni": c.lambda_u,
         "mrdib_uni_cond": c.lambda_u,
@@ -57,7 +59,7 @@ def test_all_terms_present_and_total_is_the_documented_sum(ds2) -> None:
     out = model(*batch(ctx))
     assert set(out) >= ALL_TERMS
     backbone = out["bpr"] + out["reg"]
-    expected = backbone + sum(w * out[k] for k, w in _weights(model).items())
+    expected = backbone + sum(w * out[k] for k, w in _weights(model).items() if k in out)
     torch.testing.assert_close(out["loss"], expected)
     for k, v in out.items():
         assert v.ndim == 0 and torch.isfinite(v), k
@@ -65,8 +67,8 @@ def test_all_terms_present_and_total_is_the_documented_sum(ds2) -> None:
 
 @pytest.mark.parametrize("switch", list(TERMS))
 def test_switching_a_term_off_removes_its_terms_and_modules(ds2, switch: str) -> None:
-    on, ctx = make(ds2)
-    off, _ = make(ds2, **{switch: False})
+    on, ctx = make(ds2, redundancy_estimator="club")
+    off, _ = make(ds2, redundancy_estimator="club", **{switch: False})
     users, pos, neg = batch(ctx)
     out_on, out_off = on(users, pos, neg), off(users, pos, neg)
     assert TERMS[switch] <= set(out_on)
@@ -85,7 +87,7 @@ def test_switching_a_term_off_removes_its_terms_and_modules(ds2, switch: str) ->
     # the remaining total is still backbone + the weighted terms that are on
     backbone = out_off["bpr"] + out_off["reg"]
     w = _weights(off)
-    torch.testing.assert_close(out_off["loss"], backbone + sum(w[k] * out_off[k] for k in ALL_TERMS & set(out_off)))
+    torch.testing.assert_close(out_off["loss"], backbone + sum(w[k] * out_off[k] for k in WEIGHTED & set(out_off)))
     if switch == "use_synergy":
         assert "synergy" not in off.export().components
     if switch == "use_redundant":

@@ -128,6 +128,28 @@ def test_compose_validates() -> None:
     assert svc["api"]["build"]["target"] == "serve"
 
 
+def test_first_model_defaults_match_quickstart() -> None:
+    """compose's trainer, the k8s bootstrap Job and quickstart.sh all train FREEDOM + MRdIB with the same
+    script/commands; the images' default commands are the ones compose runs (and tests/test_ops_e2e.py)."""
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    svc = compose["services"]
+    env = svc["trainer"]["environment"]
+    assert env["MRDIB_BACKBONE"] == "${MRDIB_BACKBONE:-freedom}" and env["MRDIB_PLUGIN"] == "${MRDIB_PLUGIN:-1}"
+    script = (REPO / "deploy" / "train-and-publish.sh").read_text()
+    assert "backbone=${MRDIB_BACKBONE:-freedom}" in script and 'case "${MRDIB_PLUGIN:-1}"' in script
+    assert re.search(r"mrdib train --data \S+ --backbone \S+ \S+ --epochs", script)
+    quick = (REPO / "quickstart.sh").read_text()
+    assert "--backbone freedom --mrdib" in quick
+    cm = yaml.safe_load((K8S / "base" / "configmap.yaml").read_text())["data"]
+    assert (cm["MRDIB_BACKBONE"], cm["MRDIB_PLUGIN"]) == ("freedom", "1")
+    stages = _stages(DOCKERFILE.read_text())
+    train_cmd = [ln for ln in stages["train"] if ln.startswith("CMD ")][-1]
+    assert yaml.safe_load(train_cmd[4:]) == svc["trainer"]["command"] == ["/app/deploy/train-and-publish.sh"]
+    assert svc["retrain"]["command"] == ["/app/deploy/retrain-cron.sh"]
+    serve_cmd = [ln for ln in stages["serve"] if ln.startswith("CMD ")][-1]
+    assert "exec mrdib serve --artifacts" in serve_cmd and "api" in svc and "command" not in svc["api"]
+
+
 # ---------------------------------------------------------------------------------------------- kubernetes
 
 

@@ -255,8 +255,9 @@ def test_warm_start_copies_and_grows_rows() -> None:
 
 
 def _publish_vectors(root: Path, ds, user: np.ndarray, item: np.ndarray, training_config: dict, gate) -> str:
-    """Publish vectors as a minimal artifact (ONNX/FAISS files are stand-ins: these tests are about the
-    retraining flow; the export module has its own tests)."""
+    """Publish given vectors as the *served* model (an oracle the gate must compare against). Only the
+    vectors matter to the gate, so the ONNX/FAISS files are stand-ins; candidates always go through the
+    real export (training.export.export_checkpoint)."""
     from mrdib.artifact import schema as S
     from mrdib.artifact import store
 
@@ -283,18 +284,6 @@ def _publish_vectors(root: Path, ds, user: np.ndarray, item: np.ndarray, trainin
     return m.model_version
 
 
-def _test_publisher(checkpoint: Path, root: Path, gate, promote: bool) -> str | None:
-    from training.checkpoint import load_embeddings, read_json
-    from training.data.load import load_dataset
-
-    if not promote:
-        return None
-    emb = load_embeddings(checkpoint)
-    ds = load_dataset(Path(read_json(checkpoint, "dataset.json")["path"]))
-    return _publish_vectors(root, ds, emb.user, emb.item, read_json(checkpoint, "config.json"),
-                            gate.model_dump(mode="json"))
-
-
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
     """Every file's (mtime, size), except the lock file, which names its latest holder by design."""
     return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size)
@@ -315,26 +304,27 @@ def test_two_runs_consume_events_exactly_once(tmp_path: Path, redis_client) -> N
     base_ds = load_dataset(base)
     root = tmp_path / "artifacts"
     settings = RetrainSettings(artifacts=root, base=base, redis_url=REDIS_URL, stream=stream, backbone="bpr",
-                               mrdib=False, epochs=2, device="cpu", tolerance=1.0)  # fmt: skip
+                               mrdib=False, epochs=2, device="cpu", tolerance=1.0, tower_epochs=3)  # fmt: skip
 
     # Run 1: no model yet -> trains on base + 4 events and promotes.
     known_u, known_i = base_ds.user_ids[0], base_ds.item_ids
     for k in range(3):
         _xadd(client, stream, "visitor-1", known_i[k])
     _xadd(client, stream, known_u, "not-in-catalogue")
-    r1 = run_retrain(settings, client=client, publisher=_test_publisher)
+    r1 = run_retrain(settings, client=client)
     assert r1.status == "promoted" and r1.exit_code == 0, r1.details
     assert r1.details["merge"]["added"] == 3 and r1.details["merge"]["skipped_unknown_item"] == 1
     v1 = store.current_version(root)
     assert v1 == r1.details["version"]
     assert store.read_manifest(root / v1).quality_gate["passed"] is True
+    store.verify_artifact(root / v1)  # a complete artifact from the real export: towers, indexes, checksums
     state = RetrainState.model_validate_json((root / "retrain" / "state.json").read_text())
     assert state.events_consumed == 4 and state.dataset is not None
 
     # Run 2: two new events -> exactly those two are merged on top of run 1's dataset.
     _xadd(client, stream, "visitor-2", known_i[5])
     _xadd(client, stream, "visitor-1", known_i[6])
-    r2 = run_retrain(settings, client=client, publisher=_test_publisher)
+    r2 = run_retrain(settings, client=client)
     assert r2.status == "promoted" and r2.details["events"] == 2 and r2.details["merge"]["added"] == 2
     merged = load_dataset(root / "retrain" / "datasets" / RetrainState.model_validate_json(
         (root / "retrain" / "state.json").read_text()).dataset)  # fmt: skip
@@ -345,7 +335,7 @@ def test_two_runs_consume_events_exactly_once(tmp_path: Path, redis_client) -> N
 
     # Run 3: nothing new -> nothing to do, nothing written.
     before = _snapshot(root)
-    r3 = run_retrain(settings, client=client, publisher=_test_publisher)
+    r3 = run_retrain(settings, client=client)
     assert r3.status == "nothing-to-do" and r3.exit_code == 0
     assert _snapshot(root) == before
 
@@ -368,14 +358,17 @@ def test_failed_gate_exits_3_keeps_current_and_consumes_events(tmp_path: Path, r
     oracle = _publish_vectors(root, ds, ds.csr(VALID).toarray(), np.eye(ds.n_items, dtype=np.float32), {}, None)
     _xadd(client, stream, "visitor", ds.item_ids[0])
     settings = RetrainSettings(artifacts=root, base=base, redis_url=REDIS_URL, stream=stream, backbone="bpr",
-                               mrdib=False, epochs=2, device="cpu", tolerance=0.0)  # fmt: skip
-    r = run_retrain(settings, client=client, publisher=_test_publisher)
+                               mrdib=False, epochs=2, device="cpu", tolerance=0.0, tower_epochs=3)  # fmt: skip
+    r = run_retrain(settings, client=client)
     g = r.details["gate"]
     assert r.status == "gate-failed" and r.exit_code == 3, g
     assert g["current"] == pytest.approx(1.0) and g["candidate"] < 1.0 and g["current_version"] == oracle
     assert store.current_version(root) == oracle  # not promoted
+    rejected = root / "retrain" / "rejected"  # the candidate went through the real export, aside
+    assert store.current_version(rejected) == r.details["rejected_version"]
+    assert store.read_manifest(rejected / r.details["rejected_version"]).quality_gate["passed"] is False
     state = RetrainState.model_validate_json((root / "retrain" / "state.json").read_text())
     assert state.events_consumed == 1 and state.last_run["status"] == "gate-failed"
     before = _snapshot(root)  # the events stay consumed: a re-run has nothing to do
-    assert run_retrain(settings, client=client, publisher=_test_publisher).status == "nothing-to-do"
+    assert run_retrain(settings, client=client).status == "nothing-to-do"
     assert _snapshot(root) == before

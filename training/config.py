@@ -43,25 +43,25 @@ class MRdIBConfig(_Cfg):
     use_redundant: bool = True
     use_synergy: bool = True
     beta: float = Field(1e-3, ge=0.0, description="weight of the KL (compression) term")
-    lambda_u: float = Field(0.1, ge=0.0)
-    lambda_r: float = Field(0.1, ge=0.0)
-    lambda_s: float = Field(0.1, ge=0.0)
+    lambda_u: float = Field(0.01, ge=0.0)
+    lambda_r: float = Field(0.01, ge=0.0)
+    lambda_s: float = Field(0.01, ge=0.0)
     temperature: float = Field(0.2, gt=0.0)
     club_steps: int = Field(1, ge=0, description="CLUB estimator updates per training step")
     club_lr: float = Field(1e-3, gt=0.0)
-    redundancy_estimator: Literal["club", "hsic", "dcor"] = "club"
+    redundancy_estimator: Literal["club", "hsic", "dcor"] = "hsic"
     synergy_mask: Literal["zero", "noise"] = "zero"
     latent_dim: int = Field(64, ge=1, description="size of each modality's bottleneck code z_m")
     club_hidden_dim: int = Field(64, ge=1, description="hidden width of each CLUB variational network q(y|x)")
     dependence_weight: float = Field(1.0, ge=0.0, description="weight of the u-s / u-u dependence penalty in L_red")
     contrastive_max: int = Field(
-        256, ge=2, description="in-batch rows used by InfoNCE / HSIC / dCor terms (random subset; caps O(n^2) cost)"
+        128, ge=2, description="in-batch rows used by InfoNCE / HSIC / dCor terms (random subset; caps O(n^2) cost)"
     )
-    lambda_ib: float = Field(1.0, ge=0.0, description="weight of the sufficiency BPR terms in L_IB")
+    lambda_ib: float = Field(0.1, ge=0.0, description="weight of the sufficiency BPR terms in L_IB")
     init_scale: float = Field(
-        1.0, ge=0.0, description="P (content projection) initialised at this multiple of the default init"
+        0.1, ge=0.0, description="P (content projection) initialised at this multiple of the default init"
     )
-    content_reg: float = Field(0.0, ge=0.0, description="L2 on the batch items' content vectors (like reg_weight)")
+    content_reg: float = Field(0.1, ge=0.0, description="L2 on the batch items' content vectors (like reg_weight)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on each encoder's hidden layer (training only)")
     detach_user: bool = Field(False, description="auxiliary terms see e_u detached (only BPR moves user vectors)")
 

@@ -12,8 +12,10 @@ One run, under an exclusive file lock (a second concurrent run exits 75 at once)
     write merged -> ROOT/retrain/datasets/<run>/   (a complete MMRec folder, staged then renamed)
     train candidate (same TrainConfig as the served model; warm-started from its weights)
     gate: valid Recall@20 of candidate vs served model, on the same users and the same masks
-    pass -> export + publish (flips `current`; the service polls it)      exit 0
-    fail -> candidate kept under ROOT/retrain/rejected/ for inspection   exit 3
+    pass -> training.export.export_checkpoint publishes it (flips `current`; the service
+            polls `current` and switches by itself)                      exit 0
+    fail -> the candidate is exported under ROOT/retrain/rejected/ instead (a complete artifact
+            root of its own, for inspection or `mrdib serve`)             exit 3
     commit state.json (atomic rename) = the events are now part of the data, whatever the gate said
 
 Exactly once: the stream position and the dataset that contains those events are committed
@@ -38,7 +40,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -527,9 +529,11 @@ class RetrainSettings(BaseModel):
     tolerance: float = Field(0.01, ge=0.0, le=1.0)
     metric: str = "recall@20"
     event_types: list[str] = Field(default_factory=list, description="empty = every event type")
-    backbone: str = "lightgcn"
+    backbone: str = "freedom"
     mrdib: bool = True
     epochs: int | None = Field(None, ge=1)
+    tower_epochs: int | None = Field(None, ge=1, description="epochs of each export tower fit; None = export default")
+    keep_versions: int = Field(5, ge=1, description="published versions the export keeps (current never pruned)")
     device: str = "auto"
     warm_start: bool = True
     force: bool = False
@@ -562,8 +566,12 @@ class RunReport:
                 f"  gate {g['metric']} (valid, {g['n_users']} users): candidate {g['candidate']:.4f}, "
                 f"current {cur}, tolerance {g['tolerance']} -> {'PASS' if g['passed'] else 'FAIL'}"
             )
+        if d.get("warm_start"):
+            out.append(f"  {d['warm_start']}")
         if d.get("version"):
-            out.append(f"  version: {d['version']}")
+            out.append(f"  version: {d['version']} (now current)")
+        if d.get("rejected_version"):
+            out.append(f"  rejected candidate exported as {d['rejected_version']} under {RETRAIN_DIR}/{REJECTED_DIR}/")
         for w in d.get("warnings", []):
             out.append(f"  warning: {w}")
         return out
@@ -612,44 +620,34 @@ def _warm_factory(previous: Path | None, log: list[str]):
     return factory
 
 
-def _export_function() -> Callable[..., Any]:
-    """The export module's `export_checkpoint(checkpoint, root, quality_gate=...) -> Manifest`.
+def _publish(settings: RetrainSettings, checkpoint: Path, gate: GateResult) -> str:
+    """Export the candidate with the real export pipeline (ONNX towers, FAISS indexes, verified
+    manifest carrying the gate verdict). Promoted: into the artifacts root, which flips `current`.
+    Rejected: into ROOT/retrain/rejected, so the served model stays and the candidate can be inspected."""
+    from training.export import ExportError, export_checkpoint
 
-    Looked up before training starts, so a missing export step fails in a second, not after hours.
-    """
+    root = Path(settings.artifacts)
+    target = root if gate.passed else retrain_dir(root) / REJECTED_DIR
+    options: dict[str, Any] = {"quality_gate": gate.model_dump(mode="json"), "keep": settings.keep_versions}
+    if settings.tower_epochs is not None:
+        options["tower_epochs"] = settings.tower_epochs
     try:
-        from training.export import export_checkpoint
-    except ImportError as e:
-        raise RetrainError(
-            f"the export step is not available (training.export.export_checkpoint: {e}); cannot publish"
-        ) from None
-    return export_checkpoint
-
-
-def _publish(checkpoint: Path, root: Path, gate: GateResult, promote: bool) -> str | None:
-    """Export the checkpoint; publish (flip `current`) when `promote`, else keep it as rejected."""
-    export_checkpoint = _export_function()
-    target = root if promote else retrain_dir(root) / REJECTED_DIR
-    manifest = export_checkpoint(checkpoint, target, quality_gate=gate.model_dump(mode="json"))
+        manifest = export_checkpoint(checkpoint, target, **options)
+    except ExportError as e:
+        raise RetrainError(f"export of candidate {checkpoint} failed: {e}") from None
     return manifest.model_version
 
 
-Publisher = Callable[[Path, Path, GateResult, bool], "str | None"]
-
-
-def run_retrain(settings: RetrainSettings, client: Any | None = None, publisher: Publisher | None = None) -> RunReport:
+def run_retrain(settings: RetrainSettings, client: Any | None = None) -> RunReport:
     """One retraining run (see the module docstring). Raises RetrainError / LockedError / DataError.
 
-    `client`: a sync redis-py client (default: from settings.redis_url). `publisher`: (checkpoint,
-    root, gate, promote) -> version id; default `_publish` (the export module).
+    `client`: a sync redis-py client (default: one from settings.redis_url).
     """
     from mrdib.artifact import store
 
     root = Path(settings.artifacts)
     _metric_parts(settings.metric)
     with retrain_lock(root):
-        if publisher is None:
-            _export_function()
         state = load_state(root, settings.stream)
         rdir = retrain_dir(root)
         current = store.load_current(root, verify=False)
@@ -697,7 +695,8 @@ def run_retrain(settings: RetrainSettings, client: Any | None = None, publisher:
         t0 = time.perf_counter()
         train(cfg, merged, ckpt_dir, progress=False, model_factory=factory)
         details["train_seconds"] = round(time.perf_counter() - t0, 1)
-        details["warnings"] += warm_log
+        if warm_log:
+            details["warm_start"] = warm_log[-1]
         emb = load_embeddings(ckpt_dir)
         cand, cur, n_users = gate_scores(merged, emb.user, emb.item, current, settings.metric)
         passed, reason = gate_decision(cand, cur, settings.tolerance)
@@ -709,9 +708,9 @@ def run_retrain(settings: RetrainSettings, client: Any | None = None, publisher:
             candidate_full_valid=full_valid,
         )  # fmt: skip
         details["gate"] = gate.model_dump(mode="json")
-        version = (publisher or _publish)(ckpt_dir, root, gate, passed)
-        details["version"] = version
-        if passed and version:
+        version = _publish(settings, ckpt_dir, gate)
+        details["version" if passed else "rejected_version"] = version
+        if passed:
             keep = rdir / CHECKPOINTS_DIR / version
             keep.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ckpt_dir / "model.safetensors", keep / "model.safetensors")
@@ -751,10 +750,17 @@ def retrain_command(
     metric: str = typer.Option("recall@20", "--metric", help="Validation metric of the gate."),
     event_types: str = typer.Option("", "--event-types", envvar="MRDIB_RETRAIN_EVENT_TYPES",
                                     help="Comma-separated event types to learn from (empty = all)."),
-    backbone: str = typer.Option("lightgcn", "--backbone", envvar="MRDIB_BACKBONE",
+    backbone: str = typer.Option("freedom", "--backbone", envvar="MRDIB_BACKBONE",
                                  help="Backbone when no model is served yet (else the served model's config)."),
-    mrdib: bool = typer.Option(True, "--mrdib/--no-mrdib", help="MRdIB plug-in when no model is served yet."),
-    epochs: int | None = typer.Option(None, "--epochs", envvar="MRDIB_RETRAIN_EPOCHS"),
+    mrdib: bool = typer.Option(True, "--mrdib/--no-mrdib", envvar="MRDIB_PLUGIN",
+                               help="MRdIB plug-in when no model is served yet (env: 1/0)."),
+    epochs: int | None = typer.Option(None, "--epochs", envvar="MRDIB_RETRAIN_EPOCHS",
+                                      help="Maximum epochs (default: the served model's config)."),
+    tower_epochs: int | None = typer.Option(None, "--tower-epochs", envvar="MRDIB_RETRAIN_TOWER_EPOCHS",
+                                            help="Epochs of each export tower fit (default: export's)."),
+    keep: int = typer.Option(5, "--keep", envvar="MRDIB_KEEP_VERSIONS", help="Published versions to keep."),
+    work: Path | None = typer.Option(None, "--work", envvar="MRDIB_WORK",
+                                     help="Scratch space for the candidate checkpoint (default ROOT/retrain/work)."),
     device: str = typer.Option("auto", "--device", envvar="MRDIB_DEVICE"),
     warm_start: bool = typer.Option(True, "--warm-start/--cold-start", help="Start from the served model's weights."),
     force: bool = typer.Option(False, "--force", help="Retrain even without new events."),
@@ -765,7 +771,8 @@ def retrain_command(
         settings = RetrainSettings(
             artifacts=artifacts, base=base, redis_url=redis_url, stream=stream, tolerance=tolerance, metric=metric,
             event_types=[t.strip() for t in event_types.split(",") if t.strip()], backbone=backbone, mrdib=mrdib,
-            epochs=epochs, device=device, warm_start=warm_start, force=force,
+            epochs=epochs, tower_epochs=tower_epochs, keep_versions=keep, device=device, warm_start=warm_start,
+            force=force, work=work,
         )  # fmt: skip
     except ValidationError as e:
         typer.echo(f"retrain: bad settings: {e}", err=True)

@@ -1,0 +1,157 @@
+"""End to end, for real, with the commands the containers run: deploy/train-and-publish.sh (compose's
+`trainer`: synthetic catalogue -> `mrdib train` FREEDOM+MRdIB -> `mrdib export` -> verify) -> the real
+service on a loopback port with Redis -> events through the API -> `mrdib retrain` (what compose's
+`retrain` schedules) consumes them, trains, gates, publishes -> the running service switches to the
+new version by itself -> a second `mrdib retrain` has nothing to do.
+
+The first retraining runs the typer app in-process (no second torch import); the rest are the
+installed entry point. The Redis stream and key prefix are unique per test and deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+httpx = pytest.importorskip("httpx")
+redis = pytest.importorskip("redis")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from mrdib.artifact import store  # noqa: E402
+from mrdib.cli import app  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+SWITCH_TIMEOUT_S = 30.0
+
+
+@pytest.fixture
+def redis_names():
+    """(stream, key prefix), unique to this test; every key under them is deleted afterwards."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError:
+        pytest.skip(f"no Redis at {REDIS_URL}")
+    tag = uuid.uuid4().hex[:12]
+    stream, prefix = f"test-ops-e2e:{tag}:events", f"test-ops-e2e:{tag}:"
+    yield stream, prefix
+    keys = [stream, *client.scan_iter(match=f"{prefix}*", count=1000)]
+    client.delete(*keys)
+    client.close()
+
+
+def _cli(*args: str) -> str:
+    """Run one `mrdib` command in-process; fail with its output when the exit status is not 0."""
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, f"mrdib {' '.join(args)} -> {result.exit_code}\n{result.output}"
+    return result.stdout
+
+
+def _venv_bin() -> Path:
+    """The folder of the installed `mrdib` entry point (the scripts call `mrdib` from PATH)."""
+    bin_dir = Path(sys.executable).parent
+    if not (bin_dir / "mrdib").is_file():
+        pytest.skip(f"no `mrdib` entry point next to {sys.executable} (pip install -e .)")
+    return bin_dir
+
+
+def _wait_for_version(http, version: str) -> float:
+    """Poll /model until it serves `version`; returns the seconds it took (bounded)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < SWITCH_TIMEOUT_S:
+        r = http.get("/model")
+        if r.status_code == 200 and r.json()["model_version"] == version:
+            return time.monotonic() - t0
+        time.sleep(0.1)
+    raise AssertionError(f"the service still serves {http.get('/model').json()['model_version']}, not {version}")
+
+
+@pytest.mark.redis
+def test_events_retrain_promote_and_hot_switch(tmp_path: Path, redis_names) -> None:
+    from service.api import create_app
+    from service.settings import Settings
+    from tests._service_helpers import ServerThread
+    from training.data.load import load_dataset
+
+    stream, prefix = redis_names
+    data, work, root = tmp_path / "data", tmp_path / "work", tmp_path / "artifacts"
+    bin_dir = _venv_bin()
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("MRDIB_") and k != "REDIS_URL"}
+    env = {**base_env, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "MRDIB_ARTIFACTS": str(root),
+           "MRDIB_DATASET": str(data), "MRDIB_WORK": str(work), "REDIS_URL": REDIS_URL, "MRDIB_STREAM": stream,
+           "MRDIB_DEVICE": "cpu"}  # fmt: skip
+
+    # 1. The first model, exactly as compose's trainer makes it (defaults: FREEDOM + MRdIB), on a test budget.
+    r = subprocess.run(["sh", str(REPO / "deploy" / "train-and-publish.sh")], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120, env={
+                           **env, "MRDIB_EPOCHS": "3", "MRDIB_EXPORT_ARGS": "--tower-epochs 5",
+                           "MRDIB_SYNTH_ARGS": "--users 90 --items 70 --interactions 1800 --seed 5"})  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    v0 = store.current_version(root)
+    assert v0 is not None and f"published {v0}" in r.stderr
+    m0 = store.verify_artifact(root / v0)
+    assert m0.backbone == "freedom" and m0.mrdib is not None and (m0.n_users, m0.n_items) == (90, 70)
+    assert not any(work.iterdir())  # the checkpoint was scratch
+    ds = load_dataset(data)
+
+    # 2. The real service, on Redis, following `current` every 0.2 s.
+    settings = Settings(artifacts=root, redis_url=REDIS_URL, stream=stream, redis_key_prefix=prefix,
+                        poll_interval_s=0.2, wal_path=tmp_path / "wal.jsonl", cpu_threads=2)  # fmt: skip
+    with ServerThread(create_app(settings)) as srv, httpx.Client(base_url=srv.url, timeout=15) as http:
+        assert http.get("/model").json()["model_version"] == v0
+
+        # 3. Events through the API: new (user, item) pairs of known users, a new user, an unknown item.
+        train = ds.train_csr()
+        known: list[tuple[str, str]] = []
+        for u in range(4):
+            seen = set(train.indices[train.indptr[u]:train.indptr[u + 1]].tolist()) | set(
+                ds.csr(1)[u].indices.tolist()) | set(ds.csr(2)[u].indices.tolist())  # fmt: skip
+            fresh = [i for i in range(ds.n_items) if i not in seen][:2]
+            known += [(ds.user_ids[u], ds.item_ids[i]) for i in fresh]
+        visitor = f"visitor-{uuid.uuid4().hex[:8]}"
+        posted = [*known, *[(visitor, ds.item_ids[i]) for i in (3, 11, 29, 47)], (ds.user_ids[0], "no-such-item")]
+        for user, item in posted:
+            r = http.post("/events", json={"user_id": user, "item_id": item, "type": "click"})
+            assert r.status_code == 202 and r.json()["durable_in"] == "redis", r.text
+
+        # 4. The retraining job consumes them, trains, gates and promotes.
+        out = _cli("retrain", "--artifacts", str(root), "--base", str(data), "--redis-url", REDIS_URL,
+                   "--stream", stream, "--epochs", "2", "--tower-epochs", "5", "--device", "cpu",
+                   "--tolerance", "1.0", "--json")  # fmt: skip
+        report = json.loads(out)
+        assert report["status"] == "promoted", report
+        assert report["events"] == len(posted)
+        merge = report["merge"]
+        assert merge["added"] == len(posted) - 1 and merge["skipped_unknown_item"] == 1 and merge["new_users"] == 1
+        gate = report["gate"]
+        assert gate["passed"] and gate["current_version"] == v0 and gate["current"] is not None
+        v1 = report["version"]
+        assert v1 != v0 and store.current_version(root) == v1
+        m1 = store.verify_artifact(root / v1)
+        assert m1.n_users == ds.n_users + 1 and m1.quality_gate["passed"] is True and m1.mrdib is not None
+
+        # 5. The running service switches by itself and knows the new user.
+        switch_s = _wait_for_version(http, v1)
+        print(f"service switched to {v1} {switch_s:.2f}s after promotion")
+        rec = http.post("/recommend", json={"user_id": visitor, "k": 5})
+        assert rec.status_code == 200 and rec.json()["model_version"] == v1 and rec.json()["source"] != "popular"
+        assert len(rec.json()["items"]) == 5
+
+        # 6. Nothing new: the installed command exits 0 with nothing to do and publishes nothing.
+        versions = sorted(p.name for p in root.iterdir() if p.is_dir())
+        r = subprocess.run(["mrdib", "retrain"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "nothing-to-do" in r.stdout and "events read: 0" in r.stdout
+        assert store.current_version(root) == v1
+        assert sorted(p.name for p in root.iterdir() if p.is_dir()) == versions
+        assert http.get("/model").json()["model_version"] == v1
