@@ -395,6 +395,7 @@ def build_synthetic(root: Path) -> str:
 
 def git_service_copy(ref: str, dest: Path) -> Path:
     """The `service` package as committed at `ref`, extracted with git archive (no change to the checkout)."""
+    dest.mkdir(parents=True, exist_ok=True)
     arch = subprocess.run(["git", "-C", str(REPO), "archive", ref, "service"], capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(dest)], input=arch.stdout, check=True)
     return dest

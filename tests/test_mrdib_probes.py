@@ -88,3 +88,26 @@ def test_probes_on_planted_catalogue_and_trained_model(synth: Path) -> None:
     # the plug-in's codes are deterministic functions of the features: probing them is reproducible
     again = probe_r2(component_representations(model), factors)
     np.testing.assert_allclose(again.r2, table.r2)
+
+
+def test_load_run_rebuilds_the_trained_model_and_main_prints_markdown(tmp_path, capsys) -> None:
+    """A checkpoint written by the trainer on synthetic data probes from the command line."""
+    from training.config import MRdIBConfig, TrainConfig
+    from training.experiment import resolve_dataset
+    from training.probes import load_run, main
+    from training.trainer import train
+
+    cfg = TrainConfig(
+        data="synth:small", epochs=1, threads=1, topk=[10, 20], batch_size=4096,
+        mrdib=MRdIBConfig(enabled=True, hidden_dim=16, latent_dim=8, shared_dim=4, unique_dim=4, synergy_dim=4),
+    )
+    cache = tmp_path / "cache"
+    run = tmp_path / "run"
+    train(cfg, resolve_dataset("synth:small", cache), run, progress=False, curves=False)
+    model, folder = load_run(run, cache)
+    assert folder is not None and (folder / "factors.npz").is_file()
+    assert model.mrdib is not None and not model.training
+    main([str(run), "--cache-dir", str(cache)])
+    out = capsys.readouterr().out
+    assert out.startswith("| factor | ") and "| shared |" not in out.splitlines()[0][:9]
+    assert "synergy" in out and "unique:" in out

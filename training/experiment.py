@@ -240,6 +240,20 @@ def _run_logged(exp, spec, dataset, row: Row, run_dirs: dict, point: dict[str, A
     return m
 
 
+def _summarise(row: Row, point: dict[str, Any], ms: list[dict]) -> dict:
+    """One table row from its runs' metrics.json."""
+    return {
+        "row": {"backbone": row.backbone, "variant": row.variant},
+        "point": point,
+        "n_seeds": len(ms),
+        "test": {k: _mean_std([m["test"][k] for m in ms]) for k in REPORTED},
+        "valid": {k: _mean_std([m["valid"][k] for m in ms]) for k in REPORTED},
+        "best_epoch": _mean_std([float(m["best_epoch"] + 1) for m in ms]),
+        "seconds": _mean_std([float(m["seconds"]) for m in ms]),
+        "device": ms[0].get("device", "?"),
+    }
+
+
 def _mean_std(xs: list[float]) -> tuple[float, float]:
     m = sum(xs) / len(xs)
     s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
@@ -247,11 +261,18 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 
 
 def run_experiment(
-    exp: ExperimentConfig, config_path: Path, only: list[str] | None = None, dry_run: bool = False
+    exp: ExperimentConfig,
+    config_path: Path,
+    only: list[str] | None = None,
+    dry_run: bool = False,
+    report_only: bool = False,
 ) -> dict:
     """Run every planned run (skipping finished ones), then write the RESULTS.md section and the chart.
 
     Returns the summary: {dataset: {row label: {"point", "valid", "test": {metric: [mean, std]}, ...}}}.
+    `report_only` trains nothing: it writes the section from the runs that already finished (rows with fewer
+    seeds than planned say so in their label; rows with none, and rows whose grid is unfinished, are left out),
+    for reporting a study that the compute budget cut short.
     """
     from rich.console import Console
 
@@ -261,7 +282,7 @@ def run_experiment(
     summary: dict[str, dict[str, dict]] = {}
     t0 = time.perf_counter()
     for spec in exp.datasets:
-        dataset = None if dry_run else resolve_dataset(spec, exp.cache_dir)
+        dataset = None if dry_run or report_only else resolve_dataset(spec, exp.cache_dir)
         summary[spec] = {}
         for row in rows:
             points = grid_points(exp, row)
@@ -273,6 +294,17 @@ def run_experiment(
             if dry_run:
                 for d in run_dirs.values():
                     print(f"{row.label:<36} {d}")  # plain print: one line per run, never wrapped
+                continue
+
+            if report_only:
+                if len(points) > 1:
+                    continue
+                done = [d / "metrics.json" for (_, _), d in sorted(run_dirs.items(), key=lambda kv: kv[0][1])]
+                ms = [json.loads(f.read_text(encoding="utf-8")) for f in done if f.is_file()]
+                if ms:
+                    n, total = len(ms), len(exp.seeds)
+                    label = row.label if n == total else f"{row.label} ({n}/{total} seeds)"
+                    summary[spec][label] = _summarise(row, points[0], ms)
                 continue
 
             def run(point: dict[str, Any], seed: int, ctx: tuple = (spec, dataset, row, run_dirs)) -> dict:
@@ -287,16 +319,7 @@ def run_experiment(
                     if v > best_valid:
                         best_point, best_valid = point, v
             ms = [run(best_point, s) for s in exp.seeds]
-            summary[spec][row.label] = {
-                "row": {"backbone": row.backbone, "variant": row.variant},
-                "point": best_point,
-                "n_seeds": len(ms),
-                "test": {k: _mean_std([m["test"][k] for m in ms]) for k in REPORTED},
-                "valid": {k: _mean_std([m["valid"][k] for m in ms]) for k in REPORTED},
-                "best_epoch": _mean_std([float(m["best_epoch"] + 1) for m in ms]),
-                "seconds": _mean_std([float(m["seconds"]) for m in ms]),
-                "device": ms[0].get("device", "?"),
-            }
+            summary[spec][row.label] = _summarise(row, best_point, ms)
     if dry_run:
         return summary
     root.mkdir(parents=True, exist_ok=True)
@@ -304,6 +327,8 @@ def run_experiment(
     figure = Path(exp.figure_dir) / f"experiment-{exp.name}.png"
     _write_chart(summary, figure, exp.name)
     command = f"mrdib experiment --config {shlex.quote(str(config_path))}"
+    if report_only:
+        command += "  (report of the finished runs: run_experiment(..., report_only=True))"
     command += "".join(f" --only {shlex.quote(o)}" for o in only or [])
     section = render_section(exp, summary, command, figure, Path(exp.results), time.perf_counter() - t0)
     write_section(Path(exp.results), exp.name, section)
@@ -369,7 +394,8 @@ def render_section(
         )
         lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for label, r in rows.items():
-            plain = rows.get(r["row"]["backbone"])
+            key = {"backbone": r["row"]["backbone"], "variant": "plain"}
+            plain = next((p for p in rows.values() if p["row"] == key), None)
             gains = []
             for k in ("recall@20", "ndcg@20"):
                 if r["row"]["variant"] == "plain" or plain is None or plain["test"][k][0] == 0:

@@ -170,3 +170,57 @@ def probe_r2(
             y = y[:, None] if y.ndim == 1 else y
             table[i, j] = _ridge_r2(x[tr], y[tr], x[te], y[te], alpha)
     return ProbeTable(fnames, cnames, table, n_train=len(tr), n_test=len(te))
+
+
+def load_run(run_dir: Path | str, cache_dir: Path | str = "runs/cache") -> tuple[Recommender, Path | None]:
+    """Rebuild a trained Recommender from a checkpoint directory (config.json + model.safetensors).
+
+    Returns the model (eval mode, CPU) and the dataset folder when it holds a factors.npz (synthetic data).
+    """
+    from training import checkpoint as ckpt
+    from training.config import TrainConfig
+    from training.experiment import SYNTH_PREFIX, resolve_dataset
+    from training.models.base import ModelContext
+    from training.models.recommender import build_recommender
+
+    run_dir = Path(run_dir)
+    cfg = TrainConfig.model_validate(ckpt.read_json(run_dir, ckpt.CONFIG))
+    if cfg.data is None:
+        raise ValueError(f"{run_dir / ckpt.CONFIG}: no 'data' recorded, cannot rebuild the model")
+    dataset = resolve_dataset(cfg.data, cache_dir)
+    model = build_recommender(cfg, ModelContext.from_dataset(dataset, "cpu"))
+    ckpt.load_state_dict(run_dir / ckpt.MODEL, model, "cpu")
+    model.eval()
+    folder = None
+    if cfg.data.startswith(SYNTH_PREFIX):
+        folder = Path(cache_dir) / f"synth-{cfg.data[len(SYNTH_PREFIX):]}"
+    elif (Path(cfg.data) / "factors.npz").is_file():
+        folder = Path(cfg.data)
+    return model, folder
+
+
+def to_markdown(table: ProbeTable) -> str:
+    """Markdown table, factors as rows, R^2 with 2 decimals (negative = worse than predicting the mean)."""
+    lines = ["| factor | " + " | ".join(table.components) + " |", "|---" * (len(table.components) + 1) + "|"]
+    for i, f in enumerate(table.factors):
+        lines.append(f"| {f} | " + " | ".join(f"{table.r2[i, j]:.2f}" for j in range(len(table.components))) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m training.probes RUN_DIR [--cache-dir DIR]`: print the probe table of a synthetic-data run."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--cache-dir", type=Path, default=Path("runs/cache"))
+    args = parser.parse_args(argv)
+    model, folder = load_run(args.run_dir, args.cache_dir)
+    if folder is None:
+        raise SystemExit(f"{args.run_dir}: its dataset has no factors.npz (probes need a synthetic catalogue)")
+    factors = load_factors(folder, model.n_items)
+    print(to_markdown(probe_r2(component_representations(model), factors)))
+
+
+if __name__ == "__main__":
+    main()
