@@ -144,6 +144,9 @@ def experiment_command(
     config: Path = typer.Option(..., "--config", help="Experiment YAML (see configs/experiment-*.yaml)."),
     only: list[str] | None = typer.Option(None, "--only", help="Run only rows whose label contains this text."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the runs and exit."),
+    report_only: bool = typer.Option(
+        False, "--report-only", help="Train nothing: write the results section from the runs finished so far."
+    ),
 ) -> None:
     """Backbones x {plain, +MRdIB} x seeds (+ ablations) on one or more datasets; writes docs/RESULTS.md."""
     from training.data.dataset import DataError
@@ -154,7 +157,7 @@ def experiment_command(
     except (OSError, ValueError) as e:
         raise typer.BadParameter(str(e), param_hint="--config") from None
     try:
-        run_experiment(exp, config_path=config, only=only or [], dry_run=dry_run)
+        run_experiment(exp, config_path=config, only=only or [], dry_run=dry_run, report_only=report_only)
     except DataError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(DATA_ERROR_EXIT) from None
