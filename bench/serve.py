@@ -17,6 +17,9 @@
 - `--compare-ref REF` also runs the warm scenario on the service package as committed at REF (`git archive`,
   nothing in the working tree changes), so a performance change is measured before/after in one run.
 - `--profile` samples the warm path with py-spy (one worker) and reports where the time goes.
+- Handler CPU (always): the warm request driven in-process through the ASGI app (no sockets, no wrk), CPU
+  time per request (`time.process_time`, medians of 5 rounds) for the bare app, the working tree and, with
+  `--compare-ref`, the service at REF -- far less noisy than wrk throughput on a shared, loaded machine.
 
 Targets: warm /recommend >= 50% of the bare route's throughput at 32 connections with p99 < 4x its p50;
 event ingestion >= 2,000 durable events/s with Redis AOF on.
@@ -280,22 +283,25 @@ def make_scripts(w: Workload, warm_users: int) -> dict[str, Path]:
 
 
 class Flusher:
-    """Deletes every cached user vector every `period` s, so that the 'cold' scenario really misses."""
+    """Deletes every cached user vector every `period` s, so that the 'cold' scenario really misses. Each deleted
+    user is also PUBLISHed on the service's invalidation channel (as the event script does), so that the
+    workers' near caches drop it too: otherwise 'cold' would be served from the near cache."""
 
-    LUA = ("local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('UNLINK', k) n = n + 1 end "
-           "return n")
+    LUA = ("local n = 0 local skip = string.len(ARGV[1]) for _, k in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do "
+           "redis.call('UNLINK', k) redis.call('PUBLISH', ARGV[2], string.sub(k, skip + 1)) n = n + 1 end return n")
 
-    def __init__(self, client: redis.Redis, pattern: str, period: float = 0.1):
-        self.client, self.pattern, self.period = client, pattern, period
+    def __init__(self, client: redis.Redis, key_prefix: str, channel: str, period: float = 0.1):
+        """`key_prefix`: e.g. "bench123:uvec:" (user id follows); `channel`: the service's invalidation channel."""
+        self.client, self.pattern, self.channel, self.period = client, key_prefix, channel, period
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self) -> None:
         while not self.stop.wait(self.period):
-            self.client.eval(self.LUA, 0, self.pattern)
+            self.client.eval(self.LUA, 0, self.pattern, self.channel)
 
     def __enter__(self) -> Flusher:
-        self.client.eval(self.LUA, 0, self.pattern)
+        self.client.eval(self.LUA, 0, self.pattern, self.channel)
         self.thread.start()
         return self
 
@@ -305,15 +311,15 @@ class Flusher:
 
 
 def hit_ratio_hook(client: redis.Redis):
-    """Cell note: share of requests whose cached vector Redis had (keyspace hits per request; the users of
-    these scenarios have no recent-event list, so every hit is a vector hit)."""
+    """Cell note: Redis keyspace hits per request. The users of these scenarios have no recent-event list, so a
+    hit is a cached vector read from Redis; warm requests served by a worker's near cache do not touch Redis."""
 
     def hook(before=None, cell: Cell | None = None):
         stats = client.info("stats")
         if cell is None:
             return stats["keyspace_hits"]
         hits = stats["keyspace_hits"] - before
-        return f"cache hit {hits / max(cell.requests, 1):.0%}"
+        return f"Redis hits {hits / max(cell.requests, 1):.0%}/request (rest: none or near cache)"
 
     return hook
 
@@ -382,6 +388,76 @@ def profile(url: str, pid: int, script: Path, seconds: float, out: Path) -> list
     rows = [(f, 100 * c / total, 100 * self_[f] / total) for f, c in incl.most_common(60)]
     print(f"  py-spy: {total} samples, idle (selector/thread waits) {100 * idle / max(total, 1):.0f}%")
     return rows
+
+
+# --- in-process handler CPU -------------------------------------------------------------------------
+
+_INPROC = r"""
+import asyncio, json, statistics, sys, time
+root, redis_url, prefix, wal, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+users = json.loads(sys.argv[6])
+
+def scope_for(body):
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+            "path": "/recommend", "raw_path": b"/recommend", "query_string": b"", "root_path": "",
+            "headers": [(b"host", b"bench"), (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode())],
+            "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+
+async def call(app, body):
+    sent = False
+    async def receive():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.sleep(3600)
+    status = []
+    async def send(msg):
+        if msg["type"] == "http.response.start":
+            status.append(msg["status"])
+    await app(scope_for(body), receive, send)
+    assert status == [200], status
+
+async def rounds(app, bodies):
+    for b in bodies * 2:
+        await call(app, b)
+    out = []
+    for _ in range(5):
+        t0 = time.process_time()
+        for i in range(n):
+            await call(app, bodies[i % len(bodies)])
+        out.append((time.process_time() - t0) / n * 1e6)
+    return statistics.median(out)
+
+async def main():
+    bodies = [json.dumps({"user_id": u}).encode() for u in users]
+    if root == "bare":
+        from bench.bare_app import create_app
+        print(json.dumps({"cpu_us": await rounds(create_app(), bodies)}))
+        return
+    from service.api import create_app
+    from service.settings import Settings
+    s = Settings(artifacts=root, redis_url=redis_url, redis_key_prefix=prefix, stream=prefix + "events",
+                 wal_path=wal, poll_interval_s=0, cpu_threads=2, log_level="WARNING")
+    app = create_app(s)
+    async with app.router.lifespan_context(app):
+        print(json.dumps({"cpu_us": await rounds(app, bodies)}))
+
+asyncio.run(main())
+"""
+
+
+def handler_cpu(target: str, pythonpath: Path, rs: RedisServer, prefix: str, tmp: Path, users: list[str],
+                n: int = 2000) -> float:
+    """CPU microseconds per warm /recommend, in-process over ASGI (`target`: an artifacts root, or "bare")."""
+    env = {**os.environ, "PYTHONPATH": f"{pythonpath}{os.pathsep}{REPO}", "OMP_NUM_THREADS": "1",
+           "MRDIB_LOG_LEVEL": "WARNING"}
+    r = subprocess.run([sys.executable, "-c", _INPROC, target, rs.url, prefix, str(tmp / "wal-inproc.jsonl"), str(n),
+                        json.dumps(users)], cwd=pythonpath, env=env, capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise SystemExit(f"in-process measurement failed: {r.stderr[-2000:]}")
+    return float(json.loads(r.stdout.strip().splitlines()[-1])["cpu_us"])
 
 
 # --- main ------------------------------------------------------------------------------------------
@@ -456,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     cells: list[Cell] = []
     extra: dict[str, list[Cell]] = {}
     prof: list[tuple[str, float, float]] = []
+    cpu: dict[str, float] = {}
     try:
         if a.artifacts:
             root = a.artifacts.resolve()
@@ -481,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
             prewarm(srv.url, warm_users_of(scripts["warm"]))
             hits = hit_ratio_hook(rs.client)
             cells += sweep("warm /recommend", srv.url, scripts["warm"], conns, a.duration, hits)
-            with Flusher(rs.client, f"{prefix}uvec:*"):
+            with Flusher(rs.client, f"{prefix}uvec:", f"{prefix}uinval"):
                 cells += sweep("cold /recommend", srv.url, scripts["cold"], conns, a.duration, hits)
             cells += sweep("anon 20-item history", srv.url, scripts["anon"], conns, a.duration)
             cells += sweep("similar items", srv.url, scripts["similar"], conns, a.duration)
@@ -514,6 +591,13 @@ def main(argv: list[str] | None = None) -> int:
             with serving("service.api:create_app", a.workers, env) as srv:
                 prewarm(srv.url, warm_users_of(scripts["warm"]))
                 extra["ref"] += sweep("warm /recommend @ working tree", srv.url, scripts["warm"], conns, a.duration)
+
+        users = warm_users_of(scripts["warm"])
+        cpu["bare app"] = handler_cpu("bare", REPO, rs, prefix, tmp, users)
+        cpu["service (working tree)"] = handler_cpu(str(root), REPO, rs, prefix, tmp, users)
+        if a.compare_ref:
+            cpu[f"service @ {a.compare_ref}"] = handler_cpu(str(root), tmp / "ref", rs, prefix, tmp, users)
+        print("handler CPU per warm request (us): " + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items()), flush=True)
 
         if a.profile:
             with serving("service.api:create_app", 1, env) as srv:
@@ -562,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- artifact: {source}",
         "- Redis: private redis-server, `appendonly yes`, `appendfsync everysec` (the 'fsync always' rows set "
         "`appendfsync always` at runtime); the cold scenario cycles all 943 users while the cached vectors are "
-        "deleted every 100 ms ('cache hit' = Redis keyspace hits per request)",
+        "deleted (and invalidated in the near caches) every 100 ms ('Redis hits' = keyspace hits per request)",
         "- baseline: `bench/bare_app.py`, same request and response models (`service.schemas`), constant 20 items",
         "",
         "### Verdict",
@@ -574,6 +658,11 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"![throughput and p99](bench/{png.name})" if png else "",
     ]
+    if cpu:
+        base = cpu.get("bare app")
+        body += ["", "### Handler CPU per warm request (in-process over ASGI, no sockets; median of 5 x 2,000)", "",
+                 md_table(["app", "CPU us / request", "x bare"],
+                          [(k, f"{v:.0f}", f"{v / base:.1f}" if base else "") for k, v in cpu.items()])]
     if "workers" in extra:
         body += ["", "### Worker count (32 connections)", "", md_table(HEADERS, fmt(extra["workers"]))]
     if "ref" in extra:

@@ -2,7 +2,8 @@
 
     python -m bench.train [--datasets ml-100k-mm,baby] [--backbones bpr,lightgcn,vbpr,freedom,mgcn]
                           [--warmup 1] [--epochs 2] [--scales 0.25,0.5] [--device auto|cpu|cuda] [--threads 1]
-                          [--budget-s 840] [--no-write]
+                          [--steps 8 --warmup-steps 3 --rankings 2] [--budget-s 840] [--no-write]
+    python -m bench.train --report-only        # re-render docs/BENCHMARKS.md from the saved results
 
 Cells: every backbone with and without MRdIB (settings from `configs/<backbone>.yaml`, the published ones;
 `--mrdib` switches the plug-in on exactly as `mrdib train --mrdib` does) on
@@ -21,7 +22,15 @@ built, `--warmup` epochs are run and discarded (allocator warm-up, lazy graph st
 timed epochs, each followed by one timed full validation ranking (every user x every item, the trainer's own
 `_evaluate`). The epoch loop mirrors `training/trainer.py` step for step (same seeds, sampler, optimisers, CLUB
 steps; a test checks the first epoch's loss equals the trainer's) minus the trainer's per-epoch checkpoint
-writes. Reported: median with min..max over the timed epochs / rankings.
+writes. Reported: median with min..max over the timed epochs / rankings, wall time and the process's CPU time
+(a loaded machine inflates the first much more than the second).
+
+Step mode (`--steps K`): on a loaded CPU where whole epochs of every cell do not fit the time box, the
+start-of-epoch work is timed, then K single optimiser steps after `--warmup-steps`, and the epoch is projected
+as start + batches x step (median; fastest / slowest step for the range). The report says which mode ran.
+
+Re-rendering: a run saves its cells and protocol to `runs/cache/bench-train/results.json` and embeds the same
+JSON in its section; `--report-only` rebuilds the section from it (or from the section's JSON) and says so.
 
 Seconds to early stop come from the experiment runs' `metrics.jsonl` under `runs/experiments/` when there are
 any (epochs run x the seconds they took); for the Baby shape, where no experiment runs, they are ESTIMATED as
@@ -36,8 +45,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -46,7 +58,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench._report import PLOTS, REPO, command, machine, md_table, now, text_table, write_section
+from bench._report import DOC, PLOTS, REPO, command, machine, md_table, now, text_table, write_section
 
 BACKBONES = ("bpr", "lightgcn", "vbpr", "freedom", "mgcn")
 BABY = {"n_users": 19_445, "n_items": 7_050, "n_interactions": 160_792}
@@ -105,10 +117,12 @@ class CellSpec:
     path: str  # dataset folder
     backbone: str
     mrdib: bool
-    warmup: int
-    epochs: int
+    warmup: int  # untimed epochs (full-epoch mode) or untimed steps (step mode)
+    epochs: int  # timed epochs, each followed by a timed ranking
     device: str
     threads: int
+    steps: int = 0  # > 0: step mode, time this many steps and project the epoch (see `run_cell`)
+    rankings: int = 2  # timed validation rankings in step mode
     config_dir: str = str(REPO / "configs")
 
 
@@ -122,8 +136,12 @@ class CellResult:
     device_name: str = ""
     threads: int = 1
     build_s: float = 0.0
+    n_batches: int = 0
     warmup_s: list[float] = field(default_factory=list)
-    epoch_s: list[float] = field(default_factory=list)
+    epoch_s: list[float] = field(default_factory=list)  # wall s per epoch: timed, or projected in step mode
+    epoch_cpu_s: list[float] = field(default_factory=list)  # this process's CPU s, the same way
+    step_s: list[float] = field(default_factory=list)  # step mode: wall s of each timed step
+    start_s: list[float] = field(default_factory=list)  # step mode: wall s of each epoch's start work
     eval_s: list[float] = field(default_factory=list)
     base_rss_mib: float = 0.0  # after imports and data loading, before the model exists
     peak_rss_mib: float = 0.0
@@ -181,39 +199,49 @@ class EpochRunner:
         self.popularity = dataset.item_popularity()
         self.ks = sorted(set(cfg.topk))
 
-    def epoch(self, epoch: int) -> dict[str, float]:
-        """Run training epoch `epoch`; returns its mean loss terms (like the trainer's history row)."""
+    def start_epoch(self, epoch: int) -> tuple:
+        """The per-epoch work before the first step: FREEDOM-style structure, negatives, tensors."""
         import torch
 
-        from training.device import autocast, derived_seed
+        from training.device import derived_seed
 
-        cfg, model, device = self.cfg, self.model, self.device
+        cfg = self.cfg
         torch.manual_seed(derived_seed(cfg.seed, epoch))
-        model.on_epoch_start(epoch)
+        self.model.on_epoch_start(epoch)
         torch.manual_seed(derived_seed(cfg.seed, epoch, 1))
         trip = self.sampler.epoch(cfg.seed, epoch)
-        users, pos, neg = (torch.as_tensor(a, device=device) for a in (trip.users, trip.pos, trip.neg))
-        model.train()
-        sums: dict[str, torch.Tensor] = {}
+        self.model.train()
+        self.sums = {}
+        return tuple(torch.as_tensor(a, device=self.device) for a in (trip.users, trip.pos, trip.neg))
+
+    def step(self, u, p, n) -> None:
+        """One optimiser step on a batch (plus the CLUB estimator's steps), as the trainer takes it."""
+        from training.device import autocast
+
+        cfg, model = self.cfg, self.model
+        with autocast(self.device, cfg.amp):
+            terms = model(u, p, n)
+        self.opt.zero_grad(set_to_none=True)
+        (terms["loss"] * 1.0).backward()  # the trainer's DDP share factor, exactly 1.0 for one process
+        self.opt.step()
+        for _ in range(self.club_steps):
+            assert self.aux_opt is not None
+            self.aux_opt.zero_grad(set_to_none=True)
+            with autocast(self.device, cfg.amp):
+                aux = model.aux_loss(u, p, n)
+            if aux is None:
+                break
+            aux.backward()
+            self.aux_opt.step()
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.detach().float()
+
+    def epoch(self, epoch: int) -> dict[str, float]:
+        """Run training epoch `epoch`; returns its mean loss terms (like the trainer's history row)."""
+        users, pos, neg = self.start_epoch(epoch)
         for s, e in self.bounds:
-            u, p, n = users[s:e], pos[s:e], neg[s:e]
-            with autocast(device, cfg.amp):
-                terms = model(u, p, n)
-            self.opt.zero_grad(set_to_none=True)
-            (terms["loss"] * 1.0).backward()  # the trainer's DDP share factor, exactly 1.0 for one process
-            self.opt.step()
-            for _ in range(self.club_steps):
-                assert self.aux_opt is not None
-                self.aux_opt.zero_grad(set_to_none=True)
-                with autocast(device, cfg.amp):
-                    aux = model.aux_loss(u, p, n)
-                if aux is None:
-                    break
-                aux.backward()
-                self.aux_opt.step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v.detach().float()
-        return {k: float(v) / len(self.bounds) for k, v in sums.items()}
+            self.step(users[s:e], pos[s:e], neg[s:e])
+        return {k: float(v) / len(self.bounds) for k, v in self.sums.items()}
 
     def validate(self) -> dict[str, float]:
         """One full validation ranking, the trainer's own function."""
@@ -224,7 +252,13 @@ class EpochRunner:
 
 
 def run_cell(spec: CellSpec) -> CellResult:
-    """Measure one cell in this process (the parent starts a fresh process per cell)."""
+    """Measure one cell in this process (the parent starts a fresh process per cell).
+
+    Full-epoch mode (`steps` = 0): `warmup` epochs discarded, then `epochs` timed epochs, each followed by a
+    timed ranking. Step mode (`steps` > 0, for a loaded CPU where whole epochs do not fit the time box): the
+    start-of-epoch work (structure, negatives) of epochs 0 and 1 is timed, then `warmup` steps are discarded
+    and `steps` steps timed one by one; the epoch is PROJECTED as start + batches x step, using the median
+    step for the median and the fastest / slowest step for the range; then `rankings` timed rankings."""
     import torch
 
     from training.data.dataset import TRAIN
@@ -241,34 +275,67 @@ def run_cell(spec: CellSpec) -> CellResult:
         res.device_name = torch.cuda.get_device_name(device)
         torch.cuda.reset_peak_memory_stats(device)
 
-    def clock() -> float:
+    def clock() -> tuple[float, float]:
         if cuda:
             torch.cuda.synchronize(device)
-        return time.perf_counter()
+        return time.perf_counter(), time.process_time()
+
+    def since(t: tuple[float, float]) -> tuple[float, float]:
+        w, c = clock()
+        return w - t[0], c - t[1]
+
+    def rank() -> None:
+        t = clock()
+        runner.validate()
+        res.eval_s.append(since(t)[0])
 
     dataset = load_dataset(Path(spec.path))
     res.n_users, res.n_items, res.n_train = dataset.n_users, dataset.n_items, len(dataset.split_pairs(TRAIN)[0])
     res.base_rss_mib = _rss_mib()
     t = clock()
     runner = EpochRunner(cfg, dataset, device)
-    res.build_s = clock() - t
-    for epoch in range(spec.warmup + spec.epochs):
-        t = clock()
-        loss = runner.epoch(epoch)
-        dt = clock() - t
-        if epoch == 0:
-            res.first_loss = loss
-        if epoch < spec.warmup:
-            res.warmup_s.append(dt)
-            continue
-        res.epoch_s.append(dt)
-        t = clock()
-        runner.validate()
-        res.eval_s.append(clock() - t)
-    if spec.warmup and not res.eval_s:  # no timed epoch asked: still time a ranking
-        t = clock()
-        runner.validate()
-        res.eval_s.append(clock() - t)
+    res.build_s = since(t)[0]
+    res.n_batches = len(runner.bounds)
+    if spec.steps == 0:
+        for epoch in range(spec.warmup + spec.epochs):
+            t = clock()
+            loss = runner.epoch(epoch)
+            wall, cpu = since(t)
+            if epoch == 0:
+                res.first_loss = loss
+            if epoch < spec.warmup:
+                res.warmup_s.append(wall)
+                if epoch == spec.warmup - 1:
+                    runner.validate()  # untimed: the first ranking pays one-off costs (allocations, caches)
+                continue
+            res.epoch_s.append(wall)
+            res.epoch_cpu_s.append(cpu)
+            rank()
+    else:
+        start_cpu = []
+        for epoch in (1, 0):  # epoch 0 last: its tensors feed the steps below
+            t = clock()
+            users, pos, neg = runner.start_epoch(epoch)
+            w, c = since(t)
+            res.start_s.append(w)
+            start_cpu.append(c)
+        bounds = [runner.bounds[i % len(runner.bounds)] for i in range(spec.warmup + spec.steps)]
+        step_cpu = []
+        for i, (s, e) in enumerate(bounds):
+            t = clock()
+            runner.step(users[s:e], pos[s:e], neg[s:e])
+            w, c = since(t)
+            if i >= spec.warmup:
+                res.step_s.append(w)
+                step_cpu.append(c)
+            else:
+                res.warmup_s.append(w)
+        st, stc, nb = statistics.median(res.start_s), statistics.median(start_cpu), res.n_batches
+        res.epoch_s = [st + nb * x for x in (min(res.step_s), statistics.median(res.step_s), max(res.step_s))]
+        res.epoch_cpu_s = [stc + nb * x for x in (min(step_cpu), statistics.median(step_cpu), max(step_cpu))]
+        runner.validate()  # untimed: the first ranking pays one-off costs (allocations, caches)
+        for _ in range(spec.rankings):
+            rank()
     res.peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     if cuda:
         res.cuda_peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
@@ -284,24 +351,29 @@ def spawn_cell(spec: CellSpec, timeout_s: float) -> CellResult:
     except subprocess.TimeoutExpired:
         return CellResult(spec, error=f"timed out after {timeout_s:.0f} s")
     if p.returncode != 0:
-        tail = (p.stderr.strip().splitlines() or ["no stderr"])[-1]
-        return CellResult(spec, error=f"exit {p.returncode}: {tail[:200]}")
-    d = json.loads(p.stdout.strip().splitlines()[-1])
-    d["spec"] = CellSpec(**d["spec"])
-    return CellResult(**d)
+        lines = p.stderr.strip().splitlines() or ["no stderr"]
+        # the exception line, not pydantic's trailing "For further information" link
+        tail = next((ln for ln in reversed(lines) if "Error" in ln or "Exception" in ln), lines[-1]).strip()
+        return CellResult(spec, error=f"exit {p.returncode}: {tail[:300]}")
+    return cell_from_json(json.loads(p.stdout.strip().splitlines()[-1]))
+
+
+def cell_from_json(d: dict) -> CellResult:
+    return CellResult(**{**d, "spec": CellSpec(**d["spec"])})
 
 
 # --- seconds to early stop ------------------------------------------------------------------------
 
 @dataclass
 class StopRun:
-    """One experiment run's record (runs/experiments/<exp>/<dataset>/<backbone>/<variant>/<ablation>/<seed>)."""
+    """One experiment run's record: runs/experiments/<exp>/<dataset>/<backbone>/<variant>/<grid>/<seed>, where
+    variant is plain, mrdib or an ablation (no_ib, ...) and grid is the hyper-parameter point ("default")."""
 
     experiment: str
     dataset: str
     backbone: str
     variant: str
-    ablation: str
+    grid: str
     seed: str
     epochs: int
     seconds: float
@@ -335,44 +407,53 @@ def experiment_runs(root: Path = EXPERIMENTS) -> list[StopRun]:
         except json.JSONDecodeError as e:
             print(f"warning: {d}: {e}; run ignored", file=sys.stderr)
             continue
-        exp, dataset, backbone, variant, ablation, seed = d.relative_to(root).parts
-        runs.append(StopRun(exp, dataset, backbone, variant, ablation, seed, len(rows),
+        exp, dataset, backbone, variant, grid, seed = d.relative_to(root).parts
+        runs.append(StopRun(exp, dataset, backbone, variant, grid, seed, len(rows),
                             float(sum(r.get("seconds", 0.0) for r in rows)), bool(metrics),
                             bool(metrics.get("stopped_early", False)), cfg.get("threads"),
                             str(metrics.get("device", cfg.get("device", "?")))))
     return runs
 
 
+def variant_label(variant: str) -> str:
+    """plain -> no, mrdib -> yes, an ablation -> yes, <ablation> (e.g. no_ib: MRdIB without the IB term)."""
+    return {"plain": "no", "mrdib": "yes"}.get(variant, f"yes, {variant}")
+
+
+def variant_order(variant: str) -> tuple[int, str]:
+    return ({"plain": 0, "mrdib": 1}.get(variant, 2), variant)
+
+
 def stop_table(runs: list[StopRun]) -> tuple[list[str], list[list[str]]]:
-    """Per (experiment, dataset, backbone, variant) of the default ablation: finished runs' median epochs,
+    """Per (experiment, dataset, backbone, variant) at the default grid point: finished runs' median epochs,
     s/epoch (training + validation + checkpoint, as the trainer logs them) and total seconds."""
     headers = ["experiment", "dataset", "backbone", "MRdIB", "finished runs", "epochs to stop (median, range)",
                "s/epoch incl. validation (median)", "s to early stop (median, range)", "still running"]
     groups: dict[tuple[str, str, str, str], list[StopRun]] = {}
     for r in runs:
-        if r.ablation == "default":
+        if r.grid == "default":
             groups.setdefault((r.experiment, r.dataset, r.backbone, r.variant), []).append(r)
     rows = []
-    for (exp, ds, bb, var), rs in sorted(groups.items()):
+    for (exp, ds, bb, var), rs in sorted(groups.items(), key=lambda kv: (*kv[0][:3], variant_order(kv[0][3]))):
         done = [r for r in rs if r.finished]
         live = [r for r in rs if not r.finished]
         running = ", ".join(f"{r.seed}: {r.epochs} ep / {r.seconds:.0f} s" for r in live) or "-"
         if done:
             ep = [r.epochs for r in done]
             sec = [r.seconds for r in done]
-            rows.append([exp, ds, bb, "yes" if var == "mrdib" else "no", str(len(done)),
+            rows.append([exp, ds, bb, variant_label(var), str(len(done)),
                          f"{statistics.median(ep):.0f} ({min(ep)}..{max(ep)})",
                          f"{statistics.median(s / e for s, e in zip(sec, ep, strict=True)):.2f}",
                          f"{statistics.median(sec):.0f} ({min(sec):.0f}..{max(sec):.0f})", running])
         else:
-            rows.append([exp, ds, bb, "yes" if var == "mrdib" else "no", "0", "-", "-", "-", running])
+            rows.append([exp, ds, bb, variant_label(var), "0", "-", "-", "-", running])
     return headers, rows
 
 
 def epochs_to_stop(runs: list[StopRun], backbone: str, mrdib: bool) -> tuple[float, str] | None:
-    """Median epochs of the finished default-ablation runs of this backbone/variant (and where they came from)."""
+    """Median epochs of the finished default-grid runs of this backbone, plain or full MRdIB (and their datasets)."""
     var = "mrdib" if mrdib else "plain"
-    done = [r for r in runs if r.finished and r.ablation == "default" and r.backbone == backbone and r.variant == var]
+    done = [r for r in runs if r.finished and r.grid == "default" and r.backbone == backbone and r.variant == var]
     if not done:
         return None
     return statistics.median(r.epochs for r in done), ", ".join(sorted({r.dataset for r in done}))
@@ -389,8 +470,9 @@ def fmt_spread(xs: list[float], digits: int = 2) -> str:
     return f"{med:.{digits}f} ({min(xs):.{digits}f}..{max(xs):.{digits}f})"
 
 
-CELL_HEADERS = ["dataset", "users x items (train)", "backbone", "MRdIB", "s/epoch (median, min..max)",
-                "s/validation ranking", "MRdIB / plain s/epoch", "build s", "peak RSS MiB", "device", "note"]
+CELL_HEADERS = ["dataset", "users x items (train)", "backbone", "MRdIB", "wall s/epoch (median, min..max)",
+                "CPU s/epoch", "wall s/validation ranking", "MRdIB / plain (wall, CPU)", "build s", "peak RSS MiB",
+                "device", "note"]
 
 
 def cell_rows(cells: list[CellResult]) -> list[list[str]]:
@@ -399,18 +481,20 @@ def cell_rows(cells: list[CellResult]) -> list[list[str]]:
     for c in cells:
         s = c.spec
         if c.error:
-            rows.append([s.dataset, "-", s.backbone, "yes" if s.mrdib else "no", "-", "-", "-", "-", "-",
+            rows.append([s.dataset, "-", s.backbone, "yes" if s.mrdib else "no", "-", "-", "-", "-", "-", "-",
                          c.device, c.error])
             continue
         base = plain.get((s.dataset, s.backbone))
         ratio = "-"
         if s.mrdib and base is not None:
-            ratio = f"{statistics.median(c.epoch_s) / statistics.median(base.epoch_s):.2f}x"
+            ratio = (f"{statistics.median(c.epoch_s) / statistics.median(base.epoch_s):.2f}x, "
+                     f"{statistics.median(c.epoch_cpu_s) / statistics.median(base.epoch_cpu_s):.2f}x")
         mem = f"{c.peak_rss_mib:,.0f}" + (f" (cuda {c.cuda_peak_mib:,.0f})" if c.cuda_peak_mib is not None else "")
         dev = c.device_name or c.device
         rows.append([s.dataset, f"{c.n_users:,} x {c.n_items:,} ({c.n_train:,})", s.backbone,
-                     "yes" if s.mrdib else "no", fmt_spread(c.epoch_s), fmt_spread(c.eval_s), ratio,
-                     f"{c.build_s:.1f}", mem, f"{dev}, {c.threads} thr", ""])
+                     "yes" if s.mrdib else "no", fmt_spread(c.epoch_s), fmt_spread(c.epoch_cpu_s),
+                     fmt_spread(c.eval_s), ratio, f"{c.build_s:.1f}", mem, f"{dev}, {c.threads} thr",
+                     f"projected from {len(c.step_s)} steps x {c.n_batches}" if c.step_s else ""])
     return rows
 
 
@@ -432,8 +516,13 @@ def baby_stop_rows(cells: list[CellResult], runs: list[StopRun]) -> list[list[st
     return rows
 
 
+def growth_cells(cells: list[CellResult], mrdib: bool) -> list[CellResult]:
+    return sorted((c for c in cells if c.spec.backbone == "freedom" and c.spec.mrdib == mrdib
+                   and c.spec.dataset.startswith("baby") and c.epoch_s), key=lambda c: c.n_items)
+
+
 def plot_growth(cells: list[CellResult], path: Path) -> Path | None:
-    """s/epoch, s/ranking and peak RSS of FREEDOM and FREEDOM+MRdIB against catalogue size (log-log)."""
+    """Epoch (wall and CPU), ranking and peak RSS of FREEDOM and FREEDOM+MRdIB against catalogue size (log-log)."""
     try:
         import matplotlib
 
@@ -441,22 +530,23 @@ def plot_growth(cells: list[CellResult], path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    pts = [c for c in cells if c.spec.backbone == "freedom" and c.spec.dataset.startswith("baby") and c.epoch_s]
-    if not pts:
+    if not any(growth_cells(cells, m) for m in (False, True)):
         return None
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    for mrdib, label in ((False, "FREEDOM"), (True, "FREEDOM+MRdIB")):
-        rs = sorted((c for c in pts if c.spec.mrdib == mrdib), key=lambda c: c.n_items)
+    for mrdib, label, colour in ((False, "FREEDOM", "tab:blue"), (True, "FREEDOM+MRdIB", "tab:red")):
+        rs = growth_cells(cells, mrdib)
         if not rs:
             continue
         x = [c.n_items for c in rs]
-        for ax, key in zip(axes[:2], ("epoch_s", "eval_s"), strict=True):
+        for ax, key, suffix in ((axes[0], "epoch_s", " wall"), (axes[1], "eval_s", " wall")):
             med = [statistics.median(getattr(c, key)) for c in rs]
             lo = [m - min(getattr(c, key)) for m, c in zip(med, rs, strict=True)]
             hi = [max(getattr(c, key)) - m for m, c in zip(med, rs, strict=True)]
-            ax.errorbar(x, med, yerr=[lo, hi], fmt="o-", ms=4, capsize=3, label=label)
-        axes[2].plot(x, [c.peak_rss_mib for c in rs], "o-", ms=4, label=label)
-    titles = ("training epoch (s)", "full validation ranking (s)", "peak RSS (MiB)")
+            ax.errorbar(x, med, yerr=[lo, hi], fmt="o-", ms=4, capsize=3, color=colour, label=label + suffix)
+        axes[0].plot(x, [statistics.median(c.epoch_cpu_s) for c in rs], "s--", ms=4, color=colour,
+                     label=label + " CPU")
+        axes[2].plot(x, [c.peak_rss_mib for c in rs], "o-", ms=4, color=colour, label=label)
+    titles = ("training epoch (s; bars = min..max)", "full validation ranking (s, wall)", "peak RSS (MiB)")
     for ax, title in zip(axes, titles, strict=True):
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -464,7 +554,7 @@ def plot_growth(cells: list[CellResult], path: Path) -> Path | None:
         ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
-    fig.suptitle("cost growth with catalogue size, Baby-shaped synthetic data (0.25x..1x)", fontsize=9)
+    fig.suptitle("cost growth with catalogue size, Baby-shaped synthetic data", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -473,25 +563,34 @@ def plot_growth(cells: list[CellResult], path: Path) -> Path | None:
 
 
 def growth_lines(cells: list[CellResult]) -> list[str]:
-    """Log-log slope of cost vs n_items between the smallest and largest scale (1 = linear)."""
-    import math
-
+    """Growth factor and log-log slope (1 = linear in the catalogue) between the smallest and largest scale."""
     lines = []
     for mrdib, label in ((False, "FREEDOM"), (True, "FREEDOM+MRdIB")):
-        rs = sorted((c for c in cells if c.spec.backbone == "freedom" and c.spec.mrdib == mrdib
-                     and c.spec.dataset.startswith("baby") and c.epoch_s), key=lambda c: c.n_items)
+        rs = growth_cells(cells, mrdib)
         if len(rs) < 2:
             continue
         a, b = rs[0], rs[-1]
         span = math.log(b.n_items / a.n_items)
         parts = []
-        for key, name in (("epoch_s", "s/epoch"), ("eval_s", "s/ranking")):
+        for key, name in (("epoch_cpu_s", "CPU s/epoch"), ("epoch_s", "wall s/epoch"), ("eval_s", "wall s/ranking")):
             ma, mb = statistics.median(getattr(a, key)), statistics.median(getattr(b, key))
             parts.append(f"{name} x{mb / ma:.1f} (log-log slope {math.log(mb / ma) / span:.2f})")
         parts.append(f"peak RSS x{b.peak_rss_mib / a.peak_rss_mib:.1f}")
-        lines.append(f"- {label}, {a.n_items:,} -> {b.n_items:,} items (x{b.n_items / a.n_items:.0f}): "
-                     + ", ".join(parts))
+        lines.append(f"- {label}, {a.n_items:,} -> {b.n_items:,} items (users and interactions x"
+                     f"{b.n_items / a.n_items:.0f} too): " + ", ".join(parts))
     return lines
+
+
+def protocol(args: argparse.Namespace) -> str:
+    if args.steps:
+        return (f"STEP MODE (whole epochs do not fit this run's time box on a loaded CPU): the start-of-epoch "
+                f"work (graph pruning, negative sampling) of 2 epochs is timed, {args.warmup_steps} optimiser steps "
+                f"are discarded, then {args.steps} steps are timed one by one, and the epoch is PROJECTED as "
+                "start + batches/epoch x step time (median step for the median, fastest / slowest step for the "
+                f"range; a step includes the CLUB step when MRdIB has one); then one untimed and "
+                f"{args.rankings} timed rankings.")
+    return (f"{args.warmup} warm-up epoch(s) (and one ranking) discarded, then {args.epochs} timed epochs, each "
+            "followed by one timed validation ranking; median (min..max) over them.")
 
 
 def render(cells: list[CellResult], runs: list[StopRun], args: argparse.Namespace, meta: dict) -> str:
@@ -518,17 +617,20 @@ def render(cells: list[CellResult], runs: list[StopRun], args: argparse.Namespac
         "",
         f"- command: `{meta['command']}` ({meta['elapsed']:.0f} s)",
         f"- date: {meta['date']}; machine: {meta['machine']}; torch {meta['torch']}",
-        f"- protocol: each cell in a fresh process, {args.threads} torch thread(s); {args.warmup} warm-up epoch(s) "
-        f"discarded, then {args.epochs} timed epochs, each followed by one timed full validation ranking "
-        "(every validation user against every item, the trainer's `_evaluate`). Cells are the published "
-        "`configs/<backbone>.yaml` settings (batch 2048, d=64), MRdIB as `mrdib train --mrdib` switches it on. "
-        "Times are median (min..max) over the timed epochs; the trainer's per-epoch checkpoint writes are not "
-        "included. Peak RSS = `getrusage` max RSS of the cell's process (Python + torch + data + model).",
+        f"- protocol: each cell in a fresh process, {args.threads} torch thread(s). " + protocol(args)
+        + " A validation ranking = every validation user against every item (the trainer's `_evaluate`). "
+        "Cells use the published `configs/<backbone>.yaml` settings (batch 2048, d=64), MRdIB switched on as "
+        "`mrdib train --mrdib` does. The trainer's per-epoch checkpoint writes are not included. CPU s = this "
+        "process's CPU time (`time.process_time`), which a loaded machine inflates much less than wall time. "
+        "Peak RSS = `getrusage` max RSS of the cell's process (Python + torch + data + model); 'build s' = model "
+        "construction (graphs, kNN over the features).",
         "- noise: the machine is shared with other engineers' long training runs (see the load average above); "
-        "absolute seconds here are inflated and vary run to run. Compare within a table (the MRdIB / plain "
-        "column is measured in the same run on the same data), not across runs.",
+        "wall seconds are inflated and vary run to run (a cell whose wall time is far above its CPU time waited "
+        "for a core). Compare within a table, not across runs, and prefer the CPU column and the CPU ratio of "
+        "MRdIB / plain (measured in the same run on the same data).",
         gpu_line,
         *[f"- {n}" for n in meta["notes"]],
+        *([f"- {meta['rerendered']}"] if meta.get("rerendered") else []),
         "",
         "### Per backbone, with and without MRdIB",
         "",
@@ -544,22 +646,23 @@ def render(cells: list[CellResult], runs: list[StopRun], args: argparse.Namespac
         "",
         "### Seconds to early stop",
         "",
-        "Measured: the experiment runs under `runs/experiments/` (default ablation), from their `metrics.jsonl` "
+        "Measured: the experiment runs under `runs/experiments/` (default grid point), from their `metrics.jsonl` "
         "(epochs run, and the sum of each epoch's logged seconds = training + validation + checkpoint). These "
         "ran at other times under other load, with the experiment configs' settings (lr 5e-3, patience 10 for "
-        "most), not this benchmark's.",
+        f"most), not this benchmark's. Read from disk {now()}; runs still training are listed as such.",
         "",
         md_table(stop_h, stop_r) if stop_r else "_No experiment run found under runs/experiments/._",
         "",
-        "Baby shape -- **ESTIMATE**, no experiment has run on it: epochs-to-stop of the finished runs above x "
-        "(s/epoch + s/ranking) measured in this run.",
+        "Baby shape -- **ESTIMATE**, no experiment has run on it: median epochs-to-stop of the finished plain / "
+        "full-MRdIB runs above (other datasets, other settings) x (wall s/epoch + s/ranking) measured in this run.",
         "",
-        md_table(["backbone", "MRdIB", "s/epoch + ranking here", "s to early stop", "how"], stop_est)
+        md_table(["backbone", "MRdIB", "wall s/epoch + ranking here", "s to early stop", "how"], stop_est)
         if stop_est else "_No Baby cell measured in this run._",
         "",
-        "<details><summary>raw cells (JSON)</summary>\n",
+        "<details><summary>raw results (JSON; `python -m bench.train --report-only` re-renders from it)</summary>\n",
         "```json",
-        json.dumps([asdict(c) for c in cells]),
+        json.dumps({"meta": {k: v for k, v in meta.items() if k != "rerendered"},
+                    "args": {k: getattr(args, k) for k in PROTOCOL_ARGS}, "cells": [asdict(c) for c in cells]}),
         "```",
         "</details>",
     ])
@@ -574,8 +677,9 @@ def plan(args: argparse.Namespace, notes: list[str]) -> list[tuple[CellSpec, Pat
     def add(label: str, path: Path, backbones: list[str]) -> None:
         for b in backbones:
             for mrdib in (False, True):
-                specs.append((CellSpec(label, str(path), b, mrdib, args.warmup, args.epochs, args.device,
-                                       args.threads), path))
+                warm = args.warmup_steps if args.steps else args.warmup
+                specs.append((CellSpec(label, str(path), b, mrdib, warm, args.epochs, args.device, args.threads,
+                                       args.steps, args.rankings), path))
 
     for ds in args.datasets:
         if ds == "baby":
@@ -593,30 +697,84 @@ def plan(args: argparse.Namespace, notes: list[str]) -> list[tuple[CellSpec, Pat
     return specs
 
 
-def main(argv: list[str] | None = None) -> int:
+PROTOCOL_ARGS = ("threads", "warmup", "epochs", "steps", "warmup_steps", "rankings")
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", default="ml-100k-mm,baby", help="shared folder names and/or 'baby'")
     p.add_argument("--backbones", default=",".join(BACKBONES))
     p.add_argument("--warmup", type=int, default=1, help="untimed epochs first")
     p.add_argument("--epochs", type=int, default=2, help="timed epochs (each followed by a timed ranking)")
+    p.add_argument("--steps", type=int, default=0,
+                   help="> 0: step mode, time this many optimiser steps and project the epoch (loaded CPUs)")
+    p.add_argument("--warmup-steps", type=int, default=3, help="step mode: untimed steps first")
+    p.add_argument("--rankings", type=int, default=2, help="step mode: timed validation rankings")
     p.add_argument("--scales", default="0.25,0.5", help="extra Baby scales for the FREEDOM cost-growth sweep")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads per cell")
     p.add_argument("--budget-s", type=float, default=840.0, help="skip the remaining cells after this many seconds")
     p.add_argument("--cell-timeout-s", type=float, default=300.0)
+    p.add_argument("--results", type=Path, default=CACHE / "results.json",
+                   help="where a run saves its measurements / --report-only reads them")
+    p.add_argument("--report-only", action="store_true",
+                   help="measure nothing: re-render the section from --results, or, when that file is absent, "
+                        "from the raw JSON already in docs/BENCHMARKS.md")
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
     p.add_argument("--cell", help=argparse.SUPPRESS)  # internal: measure one cell (JSON CellSpec), print JSON
+    return p
+
+
+def saved_from_doc(doc: Path = DOC) -> dict:
+    """{meta, args, cells} of the run recorded in docs/BENCHMARKS.md's train section.
+
+    Sections written before the full record was embedded hold only the cells: the run's description is then
+    read back from the section's text, and its protocol arguments from its recorded command line."""
+    text = doc.read_text(encoding="utf-8")
+    start, end = "<!-- bench:train -->", "<!-- /bench:train -->"
+    if start not in text or end not in text:
+        raise ValueError(f"{doc}: no train section ({start} ... {end}) to re-render")
+    sec = text[text.index(start):text.index(end)]
+    m = re.search(r"```json\n(.*?)\n```", sec, re.S)
+    if m is None:
+        raise ValueError(f"{doc}: the train section has no raw JSON block")
+    raw = json.loads(m.group(1))
+    if isinstance(raw, dict):
+        return raw
+    cmd = re.search(r"- command: `([^`]*)` \((\d+) s\)", sec)
+    date = re.search(r"- date: ([^;]*); machine: (.*); torch (\S+)", sec)
+    if cmd is None or date is None:
+        raise ValueError(f"{doc}: train section: cannot find its command / date lines")
+    ns = parser().parse_args(shlex.split(cmd.group(1))[3:])  # drop "python -m bench.train"
+    notes = re.findall(r"^- ((?:generated |[^:\n]+: skipped).*)$", sec, re.M)
+    meta = {"command": cmd.group(1), "elapsed": float(cmd.group(2)), "date": date.group(1),
+            "machine": date.group(2), "torch": date.group(3), "notes": notes}
+    return {"meta": meta, "args": {k: getattr(ns, k) for k in PROTOCOL_ARGS}, "cells": raw}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
     a = p.parse_args(argv)
     if a.cell:
         print(json.dumps(asdict(run_cell(CellSpec(**json.loads(a.cell))))))
         return 0
+    if a.report_only:
+        if a.results.is_file():
+            saved, src = json.loads(a.results.read_text(encoding="utf-8")), str(a.results)
+        else:
+            saved, src = saved_from_doc(), f"the raw JSON of the previous {DOC.name} section"
+        args = argparse.Namespace(**saved["args"], no_write=a.no_write)
+        meta = {**saved["meta"], "rerendered": f"re-rendered {now()} by `{command()}` from {src}: tables and "
+                f"plot recomputed by the current code from the cells measured on {saved['meta']['date']}; "
+                "nothing was re-measured"}
+        return report([cell_from_json(c) for c in saved["cells"]], args, meta)
     a.datasets = [d for d in a.datasets.split(",") if d]
     a.backbones = [b for b in a.backbones.split(",") if b]
     if unknown := set(a.backbones) - set(BACKBONES):
         p.error(f"--backbones: unknown {sorted(unknown)}; choose from {list(BACKBONES)}")
     a.scales = sorted({float(s) for s in a.scales.split(",") if s})
-    if a.warmup < 0 or a.epochs < 1:
-        p.error("--warmup must be >= 0 and --epochs >= 1")
+    if a.warmup < 0 or a.epochs < 1 or a.steps < 0 or a.warmup_steps < 0 or a.rankings < 1:
+        p.error("--warmup, --steps, --warmup-steps must be >= 0; --epochs and --rankings >= 1")
 
     import torch
 
@@ -638,13 +796,20 @@ def main(argv: list[str] | None = None) -> int:
         cells.append(c)
         print(f"{spec.dataset:<12} {spec.backbone:<9} mrdib={spec.mrdib!s:<5} epoch {fmt_spread(c.epoch_s)} s, "
               f"ranking {fmt_spread(c.eval_s)} s, peak {c.peak_rss_mib:,.0f} MiB {c.error}", flush=True)
-    runs = experiment_runs()
-    print(text_table(CELL_HEADERS, cell_rows(cells)))
-    print("\n".join(notes))
     meta = {"command": command(), "elapsed": time.monotonic() - t0, "date": started, "machine": mach,
             "torch": torch.__version__, "notes": notes}
-    body = render(cells, runs, a, meta)
-    if not a.no_write:
+    a.results.parent.mkdir(parents=True, exist_ok=True)
+    a.results.write_text(json.dumps({"meta": meta, "args": {k: getattr(a, k) for k in PROTOCOL_ARGS},
+                                     "cells": [asdict(c) for c in cells]}), encoding="utf-8")
+    return report(cells, a, meta)
+
+
+def report(cells: list[CellResult], args: argparse.Namespace, meta: dict) -> int:
+    """Print the table; unless --no-write, draw the plot and rewrite the section."""
+    print(text_table(CELL_HEADERS, cell_rows(cells)))
+    print("\n".join(meta["notes"]))
+    body = render(cells, experiment_runs(), args, meta)
+    if not args.no_write:
         write_section("train", body)
     return 0
 

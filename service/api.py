@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -23,11 +24,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service import recommender
 from service.cache import LocalHistory, LocalUserState, RedisUserState, UserStateStore
 from service.events import Event, EventSink
+from service.items import ItemLogUnavailable, LocalItemLog, RedisItemLog
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import LatencyMetrics, RequestGuard
-from service.model_store import ModelStore, NoModelError, ServingModel, cancel_quietly
-from service.redis_link import RedisLink
+from service.model_store import ModelStore, NoModelError, NonFiniteItemVector, ServingModel, cancel_quietly
+from service.redis_link import REDIS_DOWN, RedisLink
 from service.schemas import (
     MAX_K,
     ErrorOut,
@@ -38,7 +40,6 @@ from service.schemas import (
     RecommendRequest,
     RecommendResponse,
     ReloadOut,
-    ScoredItem,
     SimilarResponse,
 )
 from service.settings import Settings, get_settings
@@ -65,11 +66,13 @@ class AppContext:
         faiss.omp_set_num_threads(settings.faiss_threads)
         history = LocalHistory(settings.history_cap, settings.lru_size)
         link = RedisLink(settings, metrics) if settings.redis_url else None
-        store = ModelStore(settings, metrics)
+        store = ModelStore(settings, metrics, RedisItemLog(link) if link is not None else LocalItemLog())
         events_box: list[EventSink] = []
         if link is not None:
             state: UserStateStore = RedisUserState(link, history, settings.user_vector_ttl_s, settings.history_cap,
-                                                   backlog=lambda: events_box[0].backlog)
+                                                   backlog=lambda: events_box[0].backlog,
+                                                   near_size=settings.near_cache_size,
+                                                   near_ttl_s=settings.near_cache_ttl_s)
         else:
             state = LocalUserState(settings.lru_size, history)
         events = EventSink(settings, metrics, link, history, state.forget_local)
@@ -78,8 +81,11 @@ class AppContext:
         return cls(settings, metrics, store, state, events, link, pool)
 
     async def start(self) -> None:
-        if self.link is not None:
-            await self.link.probe()
+        if self.link is not None and await self.link.probe():
+            try:  # admin item changes made before this worker started: in the first overlay already
+                await self.store.sync_items()
+            except REDIS_DOWN as e:
+                self.link.mark_down("sync_items", e)
         result = await self.store.refresh()
         if self.store.current is None:
             log.warning("no_model", status=result.status, error=result.error, artifacts=str(self.settings.artifacts))
@@ -88,10 +94,20 @@ class AppContext:
             log.info("serving", model_version=m.version, onnx_providers=m.providers, faiss_device=m.faiss_device,
                      redis="disabled" if self.link is None else ("ok" if self.link.up else "degraded"))
         self.tasks = [asyncio.create_task(self.store.poll_forever(), name="model-poll"),
-                      asyncio.create_task(self.events.monitor(self._version), name="event-monitor")]
+                      asyncio.create_task(self.events.monitor(), name="event-monitor")]
+        if self.link is not None:
+            self.tasks.append(asyncio.create_task(
+                self.store.sync_items_forever(self.settings.item_sync_interval_s, self._sync_failed),
+                name="item-sync"))
+        if isinstance(self.state, RedisUserState):
+            self.tasks.append(asyncio.create_task(self.state.follow_invalidations(), name="near-cache"))
 
-    def _version(self) -> str | None:
-        return self.store.current.version if self.store.current else None
+    def _sync_failed(self, e: BaseException) -> None:
+        if isinstance(e, REDIS_DOWN):
+            if self.link is not None:
+                self.link.mark_down("sync_items", e)
+        else:
+            log.error("item_sync_failed", error=f"{type(e).__name__}: {e}")
 
     async def stop(self) -> None:
         for t in self.tasks:
@@ -102,20 +118,29 @@ class AppContext:
 
 
 # --- dependencies ------------------------------------------------------------------------------
+# All `async def`: FastAPI runs a plain `def` dependency in its thread pool, i.e. two thread switches per
+# dependency per request -- for reading an attribute. /recommend does not use them at all (see there).
 
-def ctx_dep(request: Request) -> AppContext:
+NO_MODEL = "no model loaded yet (nothing published under the artifacts root, or refused)"
+
+
+async def ctx_dep(request: Request) -> AppContext:
     return request.app.state.ctx
 
 
-def model_dep(ctx: AppContext = Depends(ctx_dep)) -> ServingModel:
-    """The model version this request will use from start to end (read once)."""
+def current_model(ctx: AppContext) -> ServingModel:
+    """The model version a request uses from start to end (read once); 503 when none is loaded."""
     model = ctx.store.current
     if model is None:
-        raise HTTPException(503, "no model loaded yet (nothing published under the artifacts root, or refused)")
+        raise HTTPException(503, NO_MODEL)
     return model
 
 
-def admin_dep(ctx: AppContext = Depends(ctx_dep), authorization: str | None = Header(default=None)) -> None:
+async def model_dep(ctx: AppContext = Depends(ctx_dep)) -> ServingModel:
+    return current_model(ctx)
+
+
+async def admin_dep(ctx: AppContext = Depends(ctx_dep), authorization: str | None = Header(default=None)) -> None:
     """Bearer token check, constant-time. No configured token: admin routes are disabled (403)."""
     token = ctx.settings.admin_token
     if token is None or not token.get_secret_value():
@@ -140,36 +165,41 @@ COMMON_ERRORS = _errors(s400="malformed JSON body or invalid Content-Length", s4
 ADMIN_ERRORS = _errors(s401="no bearer token", s403="wrong token, or admin routes disabled")
 
 
-def _scored(items: list[recommender.Scored]) -> list[ScoredItem]:
-    # model_construct: these values come from our own code with the right types; validating them again
-    # was a measurable share of the warm path (docs/BENCHMARKS.md, serve profile).
-    return [ScoredItem.model_construct(item_id=s.item_id, score=s.score, explain=s.explain) for s in items]
+def _items(items: list[recommender.Scored]) -> list[dict]:
+    return [{"item_id": s.item_id, "score": s.score} if s.explain is None
+            else {"item_id": s.item_id, "score": s.score, "explain": s.explain} for s in items]
 
 
-def _json(model: RecommendResponse | SimilarResponse) -> Response:
-    """Serialise in one pass with pydantic's Rust serializer. Returning the model instead made FastAPI dump it,
-    validate the dump against the response model and json.dumps it again (3 passes per request). The route
-    keeps `response_model` for the OpenAPI schema."""
-    return Response(model.model_dump_json(exclude_none=True), media_type="application/json")
+def _json(body: dict) -> Response:
+    """The response bytes, in one json.dumps of plain dicts. These values come from our own code with the right
+    types, so validating them is wasted work: returning a model made FastAPI dump it, validate the dump and
+    encode it again, and even `model_construct` of 20 items + `model_dump_json` cost ~3x this (profile in
+    docs/BENCHMARKS.md). The bodies are the routes' `response_model` shapes (checked by
+    tests/test_service_api.py against the pydantic models); `allow_nan=False`: a non-finite score is a bug
+    and answers 500, never invalid JSON."""
+    return Response(json.dumps(body, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode(),
+                    media_type="application/json")
 
 
 # --- routes ------------------------------------------------------------------------------------
 
 def add_routes(app: FastAPI) -> None:
     @app.post("/recommend", response_model=RecommendResponse, response_model_exclude_none=True)
-    async def recommend(body: RecommendRequest, ctx: AppContext = Depends(ctx_dep),
-                        model: ServingModel = Depends(model_dep)) -> Response:
+    async def recommend(body: RecommendRequest, request: Request) -> Response:
         """Top-k items for a user and/or a history (see service/README.md for the rules)."""
+        # No Depends here: this is the hot route, and dependency resolution is a measurable share of it.
+        ctx: AppContext = request.app.state.ctx
+        model = current_model(ctx)
         if len(body.history) > ctx.settings.max_request_history:
             raise HTTPException(422, f"history has {len(body.history)} items; at most "
                                      f"{ctx.settings.max_request_history} are accepted")
         if len(body.exclude) > ctx.settings.max_exclude:
             raise HTTPException(422, f"exclude has {len(body.exclude)} items; at most {ctx.settings.max_exclude}")
         q = recommender.Query(body.user_id, body.history, body.k, body.exclude_seen, body.exclude, body.explain)
-        r = await recommender.recommend(q, model, ctx.state, ctx.pool, ctx.metrics)
-        return _json(RecommendResponse.model_construct(model_version=r.model_version, items=_scored(r.items),
-                                                       source=r.source, cached=r.cached,
-                                                       unknown_items=r.unknown_items))
+        r = await recommender.recommend(q, model, ctx.state, ctx.pool, ctx.metrics,
+                                        ctx.settings.inline_search_max_items)
+        return _json({"model_version": r.model_version, "items": _items(r.items), "source": r.source,
+                      "cached": r.cached, "unknown_items": r.unknown_items})
 
     @app.get("/items/{item_id}/similar", response_model=SimilarResponse, response_model_exclude_none=True,
              responses=_errors(s404="unknown or deleted item id"))
@@ -178,25 +208,24 @@ def add_routes(app: FastAPI) -> None:
                             model: ServingModel = Depends(model_dep)) -> Response:
         """Nearest items by cosine of item vectors, the item itself excluded."""
         try:
-            items = await recommender.similar(model, item_id, k, ctx.pool)
+            items = await recommender.similar(model, item_id, k, ctx.pool, ctx.settings.inline_search_max_items)
         except KeyError:
             raise HTTPException(404, f"unknown item id {item_id!r} in model {model.version}") from None
-        return _json(SimilarResponse.model_construct(model_version=model.version, item_id=item_id,
-                                                     items=_scored(items)))
+        return _json({"model_version": model.version, "item_id": item_id, "items": _items(items)})
 
     @app.post("/events", status_code=202, response_model=EventAccepted)
     async def post_event(body: EventIn, ctx: AppContext = Depends(ctx_dep)) -> EventAccepted:
         """Record an interaction durably (202 only after Redis or the fsync'ed WAL has it)."""
         event = Event.new(body.user_id, body.item_id, body.type, body.timestamp, body.event_id)
         try:
-            sink = await ctx.events.record(event, ctx._version())
+            sink = await ctx.events.record(event)
         except OSError as e:
             log.error("event_not_durable", error=str(e), event_id=event.event_id)
             raise HTTPException(503, "event could not be stored durably (Redis and local WAL failed); retry") from e
         return EventAccepted(event_id=event.event_id, durable_in=sink)
 
     @app.put("/items/{item_id}", response_model=ItemChanged, dependencies=[Depends(admin_dep)],
-             responses=ADMIN_ERRORS)
+             responses={**ADMIN_ERRORS, **_errors(s503="Redis down: the change could not reach every worker")})
     async def put_item(body: ItemIn, item_id: str = Path(min_length=1, max_length=256),
                        ctx: AppContext = Depends(ctx_dep), model: ServingModel = Depends(model_dep)) -> ItemChanged:
         """Add or change an item from its modality features; searchable at once (side index)."""
@@ -210,17 +239,26 @@ def add_routes(app: FastAPI) -> None:
             raise HTTPException(422, "wrong feature dims: " + ", ".join(
                 f"{m} has {got}, expected {want}" for m, (got, want) in sorted(wrong.items())))
         feats = {m: np.asarray(v, dtype=np.float32) for m, v in body.features.items()}
-        model = await ctx.store.put_item(item_id, feats)
+        try:
+            model = await ctx.store.put_item(item_id, feats)
+        except NonFiniteItemVector as e:
+            raise HTTPException(422, f"features: {e}") from None
+        except ItemLogUnavailable as e:
+            raise HTTPException(503, str(e)) from None
         log.info("item_put", item_id=item_id, model_version=model.version)
         return ItemChanged(model_version=model.version, item_id=item_id, status="indexed",
                            side_index_size=len(model.overlay.side_ids))
 
     @app.delete("/items/{item_id}", response_model=ItemChanged, dependencies=[Depends(admin_dep)],
-                responses={**ADMIN_ERRORS, **_errors(s404="unknown item id")})
+                responses={**ADMIN_ERRORS, **_errors(s404="unknown item id",
+                                                     s503="Redis down: the change could not reach every worker")})
     async def delete_item(item_id: str = Path(min_length=1, max_length=256), ctx: AppContext = Depends(ctx_dep),
                           _model: ServingModel = Depends(model_dep)) -> ItemChanged:
         """Hide an item from every result (kept across model versions until it is PUT again)."""
-        model, known = await ctx.store.delete_item(item_id)
+        try:
+            model, known = await ctx.store.delete_item(item_id)
+        except ItemLogUnavailable as e:
+            raise HTTPException(503, str(e)) from None
         if not known:
             raise HTTPException(404, f"unknown item id {item_id!r}")
         log.info("item_deleted", item_id=item_id, model_version=model.version)

@@ -2,11 +2,23 @@
 
 Two backends behind one interface:
 
-* `RedisUserState`: vectors as raw float32 bytes under ``uvec:{version}:{user}`` with a TTL
-  (the version in the key means a model swap can never serve a vector of another model), the
-  recent-event list under ``hist:{user}`` (most recent first, capped; written by events.py).
-  Both are read in ONE pipelined round trip. Any Redis failure degrades to the local state
-  (`cached: false`, vector recomputed), it never raises.
+* `RedisUserState`: the cached state of a user is ONE hash ``uvec:{user}`` with a field per model
+  version; its value is the float32 vector followed by the recent-event ids it was computed with
+  (JSON). A warm request is therefore one HGET, nothing else. The event script (events.py) deletes
+  the whole hash, so no version -- also one still served by another worker during a roll-out -- can
+  serve a vector an event made stale; and it increments ``uev:{user}``, which the cache write
+  compares (Lua), so a vector computed from state read *before* an event is never cached *after*
+  it. On a miss the recent-event list ``hist:{user}`` and the counter are read in one pipelined
+  round trip. Any Redis failure degrades to the local state (`cached: false`), it never raises.
+  In front of Redis sits a small in-process *near cache* of the same values, so that a warm request
+  of a user this worker served recently costs no round trip at all (the Redis call was ~half of the
+  CPU of a warm request, docs/BENCHMARKS.md). It is kept coherent by invalidation messages: the event
+  script PUBLISHes the user id on ``uinval``, every worker subscribes and drops that user. Guarantees:
+  the worker that accepted an event never serves the pre-event vector after the 202 (it drops the
+  user itself, before and after the Redis write); another worker drops it when the message arrives
+  (pub/sub delivery, sub-millisecond on one host). A read that overlapped any invalidation is not
+  kept; while the subscription is not live (Redis down, reconnecting) the near cache is emptied and
+  bypassed; every entry also expires after `MRDIB_NEAR_CACHE_TTL_S` (0 disables the near cache).
 * `LocalUserState`: an in-process LRU, the embedded default when REDIS_URL is unset.
 
 A local mirror of recent events (`LocalHistory`) is always kept, so that while Redis is down
@@ -15,18 +27,55 @@ this process still reflects the events it accepted.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import structlog
 
 from service.redis_link import REDIS_DOWN, RedisLink
+
+log = structlog.get_logger("mrdib.service.cache")
 
 
 @dataclass(frozen=True)
 class UserState:
     vector: np.ndarray | None  # cached user vector of this model version, if any
     recent: list[str]  # recent event item ids, most recent first
+    token: str | None = None  # Redis: the user's event counter when `recent` was read (guards the cache write)
+    seq: int = -1  # near cache: invalidations seen by this process when the read started
+
+
+# KEYS: uvec hash, event counter.  ARGV: version field, value, ttl, counter value read with the state.
+_PUT_LUA = """
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[4] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+def encode_state(vector: np.ndarray, recent: list[str]) -> bytes:
+    """Cached value: float32 vector bytes, then the recent ids (JSON) the vector was computed with."""
+    return np.ascontiguousarray(vector, np.float32).tobytes() + json.dumps(recent).encode()
+
+
+def decode_state(raw: bytes, dim: int) -> tuple[np.ndarray, list[str]] | None:
+    """Inverse of `encode_state`; None for a value that does not fit `dim` (another model's, or damaged)."""
+    if len(raw) < 4 * dim + 2:
+        return None
+    try:
+        recent = json.loads(raw[4 * dim:])
+    except ValueError:
+        return None
+    if not isinstance(recent, list):
+        return None
+    return np.frombuffer(raw, dtype=np.float32, count=dim), [str(x) for x in recent]
 
 
 class LocalHistory:
@@ -50,25 +99,28 @@ class LocalHistory:
 
 
 class _LRU:
+    """user -> {model version -> vector}, least recently used user evicted first. Keyed by user so that an
+    event drops every version of that user in O(1) (a scan over (version, user) keys was O(cache size))."""
+
     def __init__(self, size: int):
         self.size = size
-        self._data: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._data: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
 
-    def get(self, key: tuple[str, str]) -> np.ndarray | None:
-        v = self._data.get(key)
-        if v is not None:
-            self._data.move_to_end(key)
-        return v
+    def get(self, version: str, user: str) -> np.ndarray | None:
+        per_version = self._data.get(user)
+        if per_version is None:
+            return None
+        self._data.move_to_end(user)
+        return per_version.get(version)
 
-    def put(self, key: tuple[str, str], v: np.ndarray) -> None:
-        self._data[key] = v
-        self._data.move_to_end(key)
+    def put(self, version: str, user: str, v: np.ndarray) -> None:
+        self._data.setdefault(user, {})[version] = v
+        self._data.move_to_end(user)
         while len(self._data) > self.size:
             self._data.popitem(last=False)
 
     def drop_user(self, user: str) -> None:
-        for key in [k for k in self._data if k[1] == user]:
-            del self._data[key]
+        self._data.pop(user, None)
 
 
 class UserStateStore:
@@ -79,7 +131,8 @@ class UserStateStore:
     async def get(self, version: str, user: str, dim: int) -> UserState:
         raise NotImplementedError
 
-    async def put_vector(self, version: str, user: str, vector: np.ndarray) -> None:
+    async def put_vector(self, version: str, user: str, vector: np.ndarray, state: UserState) -> None:
+        """Cache `vector`, computed from `state` (its recent list and token), unless an event came since."""
         raise NotImplementedError
 
     def forget_local(self, user: str) -> None:
@@ -93,26 +146,71 @@ class LocalUserState(UserStateStore):
         self._lru = _LRU(lru_size)
 
     async def get(self, version: str, user: str, dim: int) -> UserState:
-        v = self._lru.get((version, user))
+        v = self._lru.get(version, user)
         return UserState(v if v is not None and v.shape == (dim,) else None, self.history.get(user))
 
-    async def put_vector(self, version: str, user: str, vector: np.ndarray) -> None:
-        self._lru.put((version, user), vector.astype(np.float32, copy=True))
+    async def put_vector(self, version: str, user: str, vector: np.ndarray, state: UserState) -> None:
+        # One process, one event loop: no event can have run between this request's read and this write.
+        self._lru.put(version, user, vector.astype(np.float32, copy=True))
 
     def forget_local(self, user: str) -> None:
         self._lru.drop_user(user)
+
+
+class _NearCache:
+    """user -> {version -> (vector, recent, expiry)}; bounded LRU; `seq` counts invalidations seen."""
+
+    def __init__(self, size: int, ttl_s: float):
+        self.size = size
+        self.ttl_s = ttl_s
+        self.live = False  # True only while the invalidation subscription is live
+        self.seq = 0
+        self._data: OrderedDict[str, dict[str, tuple[np.ndarray, list[str], float]]] = OrderedDict()
+
+    def get(self, version: str, user: str) -> tuple[np.ndarray, list[str]] | None:
+        if not self.live:
+            return None
+        entry = self._data.get(user, {}).get(version)
+        if entry is None:
+            return None
+        if entry[2] < time.monotonic():
+            self._data[user].pop(version, None)
+            return None
+        self._data.move_to_end(user)
+        return entry[0], entry[1]
+
+    def put(self, version: str, user: str, vector: np.ndarray, recent: list[str], read_seq: int) -> None:
+        """Keep a value read (or written) when `seq` was `read_seq`, unless an invalidation came since."""
+        if not self.live or self.ttl_s <= 0 or read_seq != self.seq:
+            return
+        self._data.setdefault(user, {})[version] = (vector, recent, time.monotonic() + self.ttl_s)
+        self._data.move_to_end(user)
+        while len(self._data) > self.size:
+            self._data.popitem(last=False)
+
+    def drop(self, user: str) -> None:
+        self.seq += 1
+        self._data.pop(user, None)
+
+    def clear(self, live: bool) -> None:
+        self.seq += 1
+        self._data.clear()
+        self.live = live and self.ttl_s > 0
 
 
 class RedisUserState(UserStateStore):
     """Redis-backed state; `usable()` is false while Redis is down or events still wait in the WAL
     (reading the cache then could return a vector that a not-yet-replayed event invalidates)."""
 
-    def __init__(self, link: RedisLink, history: LocalHistory, ttl_s: int, history_cap: int, backlog: callable):
+    def __init__(self, link: RedisLink, history: LocalHistory, ttl_s: int, history_cap: int,
+                 backlog: Callable[[], int], near_size: int = 10_000, near_ttl_s: float = 0.0):
         self.link = link
         self.history = history
         self.ttl_s = ttl_s
         self.history_cap = history_cap
         self._backlog = backlog
+        self._put = link.client.register_script(_PUT_LUA)
+        self.near = _NearCache(near_size, near_ttl_s)
 
     def usable(self) -> bool:
         return self.link.up and self._backlog() == 0
@@ -120,27 +218,70 @@ class RedisUserState(UserStateStore):
     async def get(self, version: str, user: str, dim: int) -> UserState:
         if not self.usable():
             return UserState(None, self.history.get(user))
+        near = self.near.get(version, user)
+        if near is not None:
+            return UserState(near[0], near[1])
+        link = self.link
+        seq = self.near.seq
         try:
-            async with self.link.client.pipeline(transaction=False) as pipe:
-                pipe.get(self.link.uvec_key(version, user))
-                pipe.lrange(self.link.hist_key(user), 0, self.history_cap - 1)
-                raw, recent = await pipe.execute()
+            raw = await link.client.hget(link.uvec_key(user), version)
+            if raw is not None:
+                hit = decode_state(raw, dim)
+                if hit is not None:
+                    self.near.put(version, user, hit[0], hit[1], seq)
+                    return UserState(hit[0], hit[1])
+            async with link.client.pipeline(transaction=False) as pipe:
+                pipe.lrange(link.hist_key(user), 0, self.history_cap - 1)
+                pipe.get(link.uev_key(user))
+                recent, counter = await pipe.execute()
         except REDIS_DOWN as e:
-            self.link.mark_down("get_user", e)
+            link.mark_down("get_user", e)
             return UserState(None, self.history.get(user))
-        vec = None
-        if raw is not None and len(raw) == 4 * dim:
-            vec = np.frombuffer(raw, dtype=np.float32).copy()
-        return UserState(vec, [r.decode("utf-8", "replace") for r in recent])
+        return UserState(None, [r.decode("utf-8", "replace") for r in recent],
+                         counter.decode() if counter is not None else "0", seq)
 
-    async def put_vector(self, version: str, user: str, vector: np.ndarray) -> None:
-        if not self.usable():
+    async def put_vector(self, version: str, user: str, vector: np.ndarray, state: UserState) -> None:
+        if not self.usable() or state.token is None:
             return
+        link = self.link
+        vector = np.ascontiguousarray(vector, np.float32)
         try:
-            await self.link.client.set(self.link.uvec_key(version, user),
-                                       np.ascontiguousarray(vector, np.float32).tobytes(), ex=self.ttl_s)
+            stored = await self._put(keys=[link.uvec_key(user), link.uev_key(user)],
+                                     args=[version, encode_state(vector, state.recent), self.ttl_s, state.token])
         except REDIS_DOWN as e:
-            self.link.mark_down("put_vector", e)
+            link.mark_down("put_vector", e)
+            return
+        if stored:
+            self.near.put(version, user, vector, state.recent, state.seq)
 
     def forget_local(self, user: str) -> None:
-        """Nothing: vectors live only in Redis, invalidated by the event script itself."""
+        """Drop the near-cache entry of `user` (called before and after the event reaches Redis)."""
+        self.near.drop(user)
+
+    async def follow_invalidations(self, retry_s: float = 0.5) -> None:
+        """Keep the near cache coherent: subscribe to ``uinval`` and drop each user named there (runs until
+        cancelled). The near cache is live only while subscribed, and emptied whenever that changes."""
+        if self.near.ttl_s <= 0:
+            return
+        channel = self.link.inval_channel
+        while True:
+            pubsub = self.link.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(channel)
+                self.near.clear(live=True)  # messages may have been missed before this point
+                while True:
+                    msg = await pubsub.get_message(timeout=1.0)
+                    if msg is not None and msg.get("type") == "message":
+                        self.near.drop(msg["data"].decode("utf-8", "replace"))
+                    elif not self.link.up:
+                        self.near.clear(live=False)
+            except asyncio.CancelledError:
+                self.near.clear(live=False)
+                raise
+            except REDIS_DOWN as e:
+                self.near.clear(live=False)
+                log.debug("near_cache_unsubscribed", error=f"{type(e).__name__}: {e}")
+            finally:
+                with contextlib.suppress(REDIS_DOWN):
+                    await pubsub.aclose()
+            await asyncio.sleep(retry_s)

@@ -30,8 +30,16 @@ def serve(
     except Exception as e:  # pydantic ValidationError: name the variable, no traceback
         typer.echo(f"error: invalid service settings: {e}", err=True)
         raise typer.Exit(2) from e
+    import structlog
+
+    from service.logs import configure_logging, uvicorn_log_config
+
+    configure_logging(settings.log_level)
     if not Path(settings.artifacts).is_dir():
-        typer.echo(f"warning: artifacts root {settings.artifacts} does not exist yet; serving 503 until a model "
-                   "is published there", err=True)
+        structlog.get_logger("mrdib.service.cli").warning(
+            "artifacts_root_missing", artifacts=str(settings.artifacts),
+            detail="serving 503 until a model is published there")
+
     uvicorn.run("service.api:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level=settings.log_level.lower(), access_log=False)
+                log_level=settings.log_level.lower(), access_log=False,
+                log_config=uvicorn_log_config(settings.log_level))  # uvicorn's own lines as JSON too

@@ -5,7 +5,9 @@ An accepted event (HTTP 202) is never lost and never duplicated:
 * Redis up, no backlog: one Lua script, atomically, (1) claims the event id in a dedupe key
   (SET NX EX) and stops if it was already claimed, (2) XADDs the event to the stream the
   nightly retraining reads, (3) LPUSH/LTRIMs the user's recent-event list, (4) deletes the
-  user's cached vector of the served version. The 202 is sent after Redis acknowledged.
+  user's cached state of EVERY model version (one hash, see cache.py) and bumps the user's event
+  counter, so that a vector computed before the event is not cached after it. The 202 is sent
+  after Redis acknowledged.
 * Redis down (or events still waiting in the WAL, to keep the stream in order): the event is
   appended as one JSON line to the WAL file and fsync'ed before the 202.
 * A background task probes Redis and, once it is back, replays the WAL through the same
@@ -37,11 +39,12 @@ log = structlog.get_logger("mrdib.service.events")
 
 EVENT_TYPE_RE = r"^[a-z][a-z0-9_]{0,31}$"
 
-# KEYS: dedupe, stream, history, uvec.  ARGV: dedupe_ttl, maxlen ("" = none), cap, history_ttl, item, k1, v1, ...
+# KEYS: dedupe, stream, history, uvec hash, event counter.
+# ARGV: dedupe_ttl, maxlen ("" = none), cap, history_ttl, item, invalidation channel, user, k1, v1, ...
 _RECORD_LUA = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
 local fields = {}
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
 if ARGV[2] ~= '' then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(fields))
 else
@@ -51,6 +54,9 @@ redis.call('LPUSH', KEYS[3], ARGV[5])
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[3]) - 1)
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 redis.call('DEL', KEYS[4])
+redis.call('INCR', KEYS[5])
+redis.call('EXPIRE', KEYS[5], ARGV[4])
+redis.call('PUBLISH', ARGV[6], ARGV[7])
 return 1
 """
 
@@ -126,7 +132,7 @@ class EventSink:
         self.backlog = self.wal.count() if link else 0
         metrics.event_backlog.set(self.backlog)
 
-    async def record(self, event: Event, version: str | None) -> str:
+    async def record(self, event: Event) -> str:
         """Make `event` durable; returns the sink ("redis", "wal" or "file"). Raises OSError only when
         even the local file cannot be written (then the caller must not answer 202)."""
         self.history.push(event.user_id, event.item_id)
@@ -137,7 +143,8 @@ class EventSink:
             return "file"
         if self.link.up and self.backlog == 0:
             try:
-                await self._apply(event, version)
+                await self._apply(event)
+                self.forget_local(event.user_id)  # a read that raced the write must not stay cached here
                 self.metrics.events.labels(sink="redis").inc()
                 return "redis"
             except REDIS_DOWN as e:
@@ -149,7 +156,8 @@ class EventSink:
             # every earlier event is in the stream, so order is kept.
             if self.link.up and self.backlog == 0:
                 try:
-                    await self._apply(event, version)
+                    await self._apply(event)
+                    self.forget_local(event.user_id)
                     self.metrics.events.labels(sink="redis").inc()
                     return "redis"
                 except REDIS_DOWN as e:
@@ -160,16 +168,17 @@ class EventSink:
         self.metrics.events.labels(sink="wal").inc()
         return "wal"
 
-    async def _apply(self, event: Event, version: str | None) -> bool:
+    async def _apply(self, event: Event) -> bool:
         """Run the record script; False when the event id had been recorded before (duplicate)."""
         assert self.link is not None and self._script is not None
         s, link = self.settings, self.link
         keys = [link.dedupe_key(event.event_id), link.stream, link.hist_key(event.user_id),
-                link.uvec_key(version or "-", event.user_id)]
-        args = [s.dedupe_ttl_s, s.stream_maxlen or "", s.history_cap, s.history_ttl_s, event.item_id, *event.fields()]
+                link.uvec_key(event.user_id), link.uev_key(event.user_id)]
+        args = [s.dedupe_ttl_s, s.stream_maxlen or "", s.history_cap, s.history_ttl_s, event.item_id,
+                link.inval_channel, event.user_id, *event.fields()]
         return bool(await self._script(keys=keys, args=args))
 
-    async def replay(self, version: str | None) -> int:
+    async def replay(self) -> int:
         """Push the WAL to Redis; truncate it only after every line went through. Returns lines replayed."""
         if self.link is None:
             return 0
@@ -188,7 +197,7 @@ class EventSink:
                         self.metrics.replayed.labels(result="bad_line").inc()
                         await asyncio.to_thread(WalFile(self.wal.path.with_suffix(".rejected")).append, line)
                         continue
-                    fresh = await self._apply(event, version)  # raises REDIS_DOWN -> keep the whole file
+                    fresh = await self._apply(event)  # raises REDIS_DOWN -> keep the whole file
                     self.metrics.replayed.labels(result="applied" if fresh else "duplicate").inc()
                     done += 1
                 f.seek(0)
@@ -210,7 +219,7 @@ class EventSink:
         fcntl.flock(f, fcntl.LOCK_EX)
         return f
 
-    async def monitor(self, current_version: Callable[[], str | None]) -> None:
+    async def monitor(self) -> None:
         """Probe Redis and replay the WAL whenever it is reachable and has a backlog (runs forever)."""
         if self.link is None:
             return
@@ -219,7 +228,7 @@ class EventSink:
                 if await self.link.probe():
                     self.backlog = max(self.backlog, await asyncio.to_thread(self.wal.count))
                     if self.backlog:
-                        await self.replay(current_version())
+                        await self.replay()
             except REDIS_DOWN as e:
                 self.link.mark_down("replay", e)
             except Exception:  # the monitor must survive anything; the error is logged

@@ -1,73 +1,66 @@
-"""FAISS index wrapper: over-fetch to filter, exact numpy search where the index cannot serve.
+"""FAISS search for the service: over-fetch to filter, exact numpy search where the index cannot serve.
 
-Like implicit's FAISS wrapper: ask the index for ``k + len(banned)`` neighbours so that
-excluded items can be dropped afterwards, and fall back to exact search when that number is
-beyond what the index can return (GPU k limit, more than the catalogue) or when an
-approximate index returned too few usable hits. The index moves to faiss-gpu when faiss was
-built with GPU support and a GPU is visible.
+Loading (file -> CPU index -> optional GPU copy, manifest `search_params`) is NOT done here: it is the
+shared reader `mrdib.artifact.faiss_io.load_index`, the same code the exporter measures recall with, so
+the service searches with exactly the parameters whose recall the manifest reports.
+
+What this module adds on top, like implicit's FAISS wrapper: ask the index for ``k + len(banned)``
+neighbours so that excluded items can be dropped afterwards, and fall back to exact search when that
+number is beyond what the index holds or when an approximate index returned too few usable hits.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-import faiss
 import numpy as np
 
-from mrdib.artifact.schema import ArtifactError
+from mrdib.artifact.faiss_io import LoadedIndex, gpu_available, load_index
+from mrdib.artifact.schema import ArtifactError, Manifest
 
-GPU_MAX_K = 2048  # faiss-gpu cannot return more neighbours than this per query
+_SMALL_BAN = 512  # up to this many banned rows, filtering with a Python set beats np.isin
 
 
 def gpu_count() -> int:
+    """GPUs faiss can use (0 without faiss-gpu); for /model."""
     try:
-        return int(faiss.get_num_gpus()) if hasattr(faiss, "StandardGpuResources") else 0
-    except Exception:  # faiss without GPU symbols
+        if not gpu_available():
+            return 0
+        import faiss
+
+        return int(faiss.get_num_gpus())
+    except Exception:  # faiss without GPU symbols, or a driver problem: report none
         return 0
 
 
 class VectorIndex:
-    """One metric over one item matrix (the rows of the artifact, in order)."""
+    """One metric over one item matrix (the artifact's rows, in order)."""
 
-    def __init__(self, path: Path, vectors: np.ndarray, metric: str, search_params: dict | None = None,
-                 use_gpu: bool = False):
-        self.path = Path(path)
-        try:
-            index = faiss.read_index(str(self.path))
-        except Exception as e:  # faiss raises RuntimeError with a C++ message
-            raise ArtifactError(f"{self.path}: faiss cannot read the index: {e}") from e
-        if index.ntotal != len(vectors) or index.d != vectors.shape[1]:
+    def __init__(self, loaded: LoadedIndex, vectors: np.ndarray, source: str = "<index>"):
+        self.loaded = loaded
+        self.source = source
+        cpu = loaded.cpu_index
+        if cpu.ntotal != len(vectors) or cpu.d != vectors.shape[1]:
             raise ArtifactError(
-                f"{self.path}: index holds {index.ntotal} vectors of dim {index.d}, item_vectors is {vectors.shape}"
+                f"{source}: index holds {cpu.ntotal} vectors of dim {cpu.d}, item_vectors is {vectors.shape}"
             )
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if metric == "cosine":
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = vectors / np.maximum(norms, 1e-12)
-        self.vectors = vectors
-        self.metric = metric
-        if search_params:
-            ps = faiss.ParameterSpace()
-            for name, value in search_params.items():
-                try:
-                    ps.set_index_parameter(index, name, value)
-                except Exception as e:
-                    raise ArtifactError(f"{self.path}: cannot set search parameter {name}={value}: {e}") from e
-        self.device = "cpu"
-        self.max_k = index.ntotal
-        if use_gpu and gpu_count() > 0:
-            try:
-                self._gpu_res = faiss.StandardGpuResources()
-                index = faiss.index_cpu_to_gpu(self._gpu_res, 0, index)
-                self.device = "cuda:0"
-                self.max_k = min(index.ntotal, GPU_MAX_K)
-            except Exception:  # index type without a GPU implementation: stay on CPU
-                self.device = "cpu"
-        self.index = index
+        if loaded.metric == "cosine":
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        self.vectors = vectors  # exact fallback; normalised for cosine like the index
+        self.metric = loaded.metric
+        self.device = "cuda:0" if loaded.on_gpu else "cpu"
+        self.size = int(cpu.ntotal)  # an attribute: read several times per request
 
-    @property
-    def size(self) -> int:
-        return int(self.index.ntotal)
+    @classmethod
+    def load(cls, artifact_dir: Path, metric: Literal["ip", "cosine"], manifest: Manifest, vectors: np.ndarray,
+             use_gpu: bool) -> VectorIndex:
+        """Open `manifest.indexes[metric]` through the shared reader. `use_gpu` False forces the CPU; True means
+        "on a GPU when faiss-gpu sees one" (the reader's automatic mode), never a requirement."""
+        spec = manifest.indexes.get(metric)
+        loaded = load_index(Path(artifact_dir), metric, manifest, use_gpu=None if use_gpu else False)
+        return cls(loaded, vectors, str(Path(artifact_dir) / spec.file) if spec else str(artifact_dir))
 
     def prepare(self, q: np.ndarray) -> np.ndarray:
         q = np.ascontiguousarray(q, dtype=np.float32).reshape(1, -1)
@@ -76,20 +69,29 @@ class VectorIndex:
         return q
 
     def search(self, q: np.ndarray, k: int, banned: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
-        """Top `k` rows not in `banned` (sorted unique int64 rows): (rows, scores, used_exact)."""
-        q = self.prepare(q)
-        k = min(k, self.size - len(banned))
+        """Top `k` rows not in `banned` (int64 rows; duplicates allowed): (rows, scores, used_exact)."""
+        n_banned = len(banned)
+        if k + n_banned >= self.size and n_banned:
+            banned = np.unique(banned)  # only near the catalogue size does the exact count matter
+            n_banned = len(banned)
+        k = min(k, self.size - n_banned)
         if k <= 0:
             return np.empty(0, np.int64), np.empty(0, np.float32), False
-        need = k + len(banned)
-        if need <= self.max_k:
-            scores, rows = self.index.search(q, need)
-            scores, rows = scores[0], rows[0].astype(np.int64)
-            ok = (rows >= 0) & ~np.isin(rows, banned, assume_unique=False)
-            rows, scores = rows[ok], scores[ok]
+        need = k + n_banned
+        if need <= self.size:
+            scores, rows = self.loaded.search(q.reshape(1, -1), need)  # the reader normalises cosine queries
+            scores, rows = scores[0], rows[0]
+            if n_banned <= _SMALL_BAN:
+                # A set over a few dozen rows: np.isin sorts both arrays and cost ~100 us per request here.
+                ban = set(banned.tolist()) if n_banned else ()
+                keep = [j for j, r in enumerate(rows.tolist()) if r >= 0 and r not in ban][:k]
+                rows, scores = rows[keep], scores[keep]
+            else:
+                ok = (rows >= 0) & ~np.isin(rows, banned)
+                rows, scores = rows[ok][:k], scores[ok][:k]
             if len(rows) >= k:
-                return rows[:k], scores[:k], False
-        rows, scores = self.exact(q[0], k, banned)
+                return rows, scores, False
+        rows, scores = self.exact(self.prepare(q)[0], k, banned)
         return rows, scores, True
 
     def exact(self, q: np.ndarray, k: int, banned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -34,6 +34,22 @@ class Metrics:
                               registry=r)
         self.redis_errors = Counter("mrdib_redis_errors_total", "Redis operations that failed", ["op"], registry=r)
         self.reloads = Counter("mrdib_model_reloads_total", "model load attempts", ["result"], registry=r)
+        # Labelled children of the per-request series, resolved once: `.labels()` costs a lock and a dict lookup
+        # on a tuple key per call, a visible share of a warm request.
+        self.cache_hit = self.cache.labels(result="hit")
+        self.cache_miss = self.cache.labels(result="miss")
+        self.fallback_popular = self.fallbacks.labels(kind="popular")
+        self.fallback_exact = self.fallbacks.labels(kind="exact_search")
+        self._latency_children: dict[tuple[str, str, int], object] = {}
+
+    def observe_latency(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Latency of one request; the labelled child is cached per (route template, method, status), a set
+        bounded by the app's routes (unmatched paths share one "unmatched" route label)."""
+        key = (route, method, status)
+        child = self._latency_children.get(key)
+        if child is None:
+            child = self._latency_children[key] = self.latency.labels(route=route, method=method, status=str(status))
+        child.observe(seconds)
 
     def set_model(self, version: str, sizes: dict[str, int]) -> None:
         """Point the info gauge at `version` only (a single series is 1 at any time)."""

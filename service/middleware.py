@@ -15,6 +15,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.metrics import Metrics
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
+# Methods outside this set are labelled "other": a client can send any token as a method, and each distinct
+# label value would be a new time series forever.
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 async def _send_json(send: Send, status: int, detail: str) -> None:
@@ -50,6 +53,14 @@ class RequestGuard:
                 await _send_json(send, 413, f"request body of {declared} bytes exceeds the limit of "
                                             f"{self.max_body} bytes")
                 return
+            # The server enforces Content-Length framing (no more bytes than declared reach the app), so a
+            # declared body within the limit needs no counting: pass `receive` through instead of buffering and
+            # replaying the body (the common case, and a per-request copy saved).
+            if int(declared) > 0 and not _is_json(headers.get("content-type", "")):
+                await self._unsupported(send, headers)
+                return
+            await self.app(scope, receive, send)
+            return
         body = bytearray()
         more = True
         while more:
@@ -62,8 +73,7 @@ class RequestGuard:
                 await _send_json(send, 413, f"request body exceeds the limit of {self.max_body} bytes")
                 return
         if body and not _is_json(headers.get("content-type", "")):
-            got = headers.get("content-type") or "none"
-            await _send_json(send, 415, f"unsupported content type {got!r}; send application/json")
+            await self._unsupported(send, headers)
             return
         replayed = False
 
@@ -75,6 +85,11 @@ class RequestGuard:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _unsupported(send: Send, headers: Headers) -> None:
+        got = headers.get("content-type") or "none"
+        await _send_json(send, 415, f"unsupported content type {got!r}; send application/json")
 
 
 class LatencyMetrics:
@@ -102,5 +117,5 @@ class LatencyMetrics:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
-            self.metrics.latency.labels(route=path, method=scope["method"], status=str(status)).observe(
-                time.perf_counter() - start)
+            method = scope["method"] if scope["method"] in _KNOWN_METHODS else "other"
+            self.metrics.observe_latency(path, method, status, time.perf_counter() - start)

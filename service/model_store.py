@@ -6,15 +6,18 @@ verification (sha256 of every file, shapes, towers and indexes actually opened a
 run in a worker thread, off the event loop; a version that fails is refused, remembered,
 logged and counted, and the old version keeps serving.
 
-Admin item changes (PUT/DELETE /items) live in an overlay that survives swaps: the features of
-put items are kept so that each new version re-embeds them with its own item tower; items the
-new version's catalogue already contains are dropped from the overlay (retraining took them in).
+Admin item changes (PUT/DELETE /items) come from an `ItemChangeLog` (items.py: Redis, shared by
+every worker, or in-process) and are applied as an overlay that survives swaps: the features of put
+items are kept so that each version embeds them with its own item tower (cached per version). A put
+item that a version's catalogue contains and that was put before that version was created is left
+to the catalogue (retraining took it in); one put after it overrides the catalogue row.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from mrdib.artifact import schema as S
 from mrdib.artifact.schema import ArtifactError, Manifest
 from mrdib.artifact.store import LoadedArtifact, current_version, load_artifact
 from service.index import VectorIndex, gpu_count
+from service.items import ItemChangeLog, ItemChanges, LocalItemLog
 from service.metrics import Metrics
 from service.settings import Settings
 from service.towers import ItemTower, UserTower
@@ -34,16 +38,30 @@ log = structlog.get_logger("mrdib.service.model")
 
 @dataclass(frozen=True)
 class Overlay:
-    """Admin changes as seen by one model version (immutable; replaced as a whole)."""
+    """Admin changes as seen by one model version (immutable; replaced as a whole, so a request that read
+    `model.overlay` once sees one consistent set of changes). Everything a request needs is precomputed here,
+    once per change, instead of once per request."""
 
     side_ids: tuple[str, ...] = ()
     side_vectors: np.ndarray = field(default_factory=lambda: np.empty((0, 0), np.float32))
     hidden_rows: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # deleted or replaced rows
     deleted: frozenset[str] = frozenset()
+    side_unit: np.ndarray = field(default_factory=lambda: np.empty((0, 0), np.float32))  # L2-normalised rows
+    side_pos: dict[str, int] = field(default_factory=dict)  # side id -> row of side_vectors
+
+    @staticmethod
+    def build(side_ids: tuple[str, ...], side_vectors: np.ndarray, hidden_rows: np.ndarray,
+              deleted: frozenset[str]) -> Overlay:
+        unit = side_vectors / np.maximum(np.linalg.norm(side_vectors, axis=1, keepdims=True), 1e-12)
+        return Overlay(side_ids, side_vectors, hidden_rows, deleted, unit.astype(np.float32),
+                       {i: n for n, i in enumerate(side_ids)})
 
     def side_norm(self) -> np.ndarray:
-        n = np.linalg.norm(self.side_vectors, axis=1, keepdims=True)
-        return self.side_vectors / np.maximum(n, 1e-12)
+        return self.side_unit
+
+
+class NonFiniteItemVector(ValueError):
+    """The item tower turned the features of a PUT into a vector with NaN or infinity."""
 
 
 @dataclass
@@ -59,6 +77,8 @@ class ServingModel:
     user_row: dict[str, int]
     popular_rows: np.ndarray
     overlay: Overlay = field(default_factory=Overlay)
+    # (item id, put time) -> this version's embedding of a side item: a change re-embeds only what changed.
+    side_cache: dict[tuple[str, object], np.ndarray] = field(default_factory=dict)
 
     @property
     def manifest(self) -> Manifest:
@@ -98,10 +118,9 @@ def load_serving_model(path: Path, settings: Settings) -> ServingModel:
                            settings.ort_intra_threads, use_gpu)
     indexes = {}
     for key in ("ip", "cosine"):
-        spec = m.indexes.get(key)
-        if spec is None:
+        if key not in m.indexes:
             raise ArtifactError(f"{path / S.MANIFEST}: no {key!r} index listed")
-        indexes[key] = VectorIndex(art.file(spec.file), art.item_vectors, spec.metric, spec.search_params, use_gpu)
+        indexes[key] = VectorIndex.load(art.path, key, m, art.item_vectors, use_gpu)
     if not np.allclose(art.item_components.sum(axis=0), art.item_vectors, atol=1e-3):
         raise ArtifactError(f"{art.file(S.ITEM_COMPONENTS)}: components do not sum to item_vectors")
     popular = np.argsort(-art.item_popularity, kind="stable").astype(np.int64)
@@ -123,15 +142,15 @@ class ReloadResult:
 class ModelStore:
     """The served model reference, its loader, poller and the admin overlay."""
 
-    def __init__(self, settings: Settings, metrics: Metrics):
+    def __init__(self, settings: Settings, metrics: Metrics, item_log: ItemChangeLog | None = None):
         self.settings = settings
         self.metrics = metrics
         self.current: ServingModel | None = None
         self.refused: dict[str, str] = {}
         self._load_lock = asyncio.Lock()
         self._overlay_lock = asyncio.Lock()
-        self._side_features: dict[str, dict[str, np.ndarray]] = {}  # item id -> modality -> features
-        self._deleted: set[str] = set()
+        self.item_log = item_log or LocalItemLog()
+        self.changes = ItemChanges()  # the snapshot the served overlay was built from
 
     @property
     def root(self) -> Path:
@@ -162,7 +181,7 @@ class ModelStore:
             except (ArtifactError, OSError, ValueError) as e:
                 return self._refuse(candidate, str(e), served)
             async with self._overlay_lock:
-                model.overlay = await asyncio.to_thread(self._build_overlay, model)
+                model.overlay = await asyncio.to_thread(self._build_overlay, model, self.changes)
                 self.current = model  # the swap: one reference assignment
             self.refused.pop(candidate, None)
             self.metrics.reloads.labels(result="loaded").inc()
@@ -193,43 +212,89 @@ class ModelStore:
 
     # --- admin overlay -------------------------------------------------------------------------
 
-    def _build_overlay(self, model: ServingModel) -> Overlay:
-        """Overlay of the admin changes for `model`; blocking (runs the item tower)."""
-        for item_id in [i for i in self._side_features if i in model.item_row and model is not self.current]:
-            # A newly loaded version that contains the item was retrained with it: drop the override.
-            self._side_features.pop(item_id, None)
-        ids = tuple(sorted(self._side_features))
-        vecs = (np.stack([model.item_tower.embed(self._side_features[i]) for i in ids])
-                if ids else np.empty((0, model.manifest.embedding_dim), np.float32))
-        hidden = {model.item_row[i] for i in (*ids, *self._deleted) if i in model.item_row}
-        return Overlay(ids, vecs.astype(np.float32), np.array(sorted(hidden), dtype=np.int64), frozenset(self._deleted))
+    @staticmethod
+    def _build_overlay(model: ServingModel, changes: ItemChanges) -> Overlay:
+        """Overlay of `changes` for `model`; blocking (runs the item tower for side items not embedded yet)."""
+        created = model.manifest.created_at
+        ids, vecs, cache = [], [], {}
+        for item_id in sorted(changes.side):
+            item = changes.side[item_id]
+            if item_id in model.item_row and item.put_at < created:
+                continue  # the version was built after the PUT and contains the item: retraining took it in
+            key = (item_id, item.put_at)
+            vec = model.side_cache.get(key)
+            if vec is None:
+                vec = model.item_tower.embed(item.features)
+            if not np.isfinite(vec).all():
+                continue  # checked at PUT time with the then-current tower; another version may still overflow
+            cache[key] = vec
+            ids.append(item_id)
+            vecs.append(vec)
+        model.side_cache.clear()
+        model.side_cache.update(cache)
+        side = (np.stack(vecs).astype(np.float32) if vecs
+                else np.empty((0, model.manifest.embedding_dim), np.float32))
+        hidden = {model.item_row[i] for i in (*ids, *changes.deleted) if i in model.item_row}
+        return Overlay.build(tuple(ids), side, np.array(sorted(hidden), dtype=np.int64), frozenset(changes.deleted))
+
+    async def _apply(self, model: ServingModel, changes: ItemChanges) -> None:
+        """Swap in the overlay of `changes` (caller holds the overlay lock)."""
+        model.overlay = await asyncio.to_thread(self._build_overlay, model, changes)
+        self.changes = changes
+        self.metrics.index_size.labels(index="side").set(len(model.overlay.side_ids))
 
     async def put_item(self, item_id: str, features: dict[str, np.ndarray]) -> ServingModel:
-        """Make `item_id` searchable with vectors from the item tower (new or changed item)."""
+        """Make `item_id` searchable with vectors from the item tower (new or changed item).
+
+        Raises NonFiniteItemVector (nothing recorded) when the tower's output is not finite, and
+        items.ItemLogUnavailable when the change cannot be shared with the other workers."""
         async with self._overlay_lock:
             model = self._require()
-            old = dict(self._side_features), set(self._deleted)
-            self._side_features[item_id] = features
-            self._deleted.discard(item_id)
-            try:
-                overlay = await asyncio.to_thread(self._build_overlay, model)
-            except Exception:
-                self._side_features, self._deleted = old
-                raise
-            model.overlay = overlay
-            self.metrics.index_size.labels(index="side").set(len(overlay.side_ids))
+            vec = await asyncio.to_thread(model.item_tower.embed, features)
+            bad = int((~np.isfinite(vec)).sum())
+            if bad:
+                raise NonFiniteItemVector(f"the item tower of model {model.version} turned these features into a "
+                                          f"vector with {bad} of {vec.size} values NaN or infinite; the item was "
+                                          "not indexed (features far outside the training range?)")
+            changes = await self.item_log.put(item_id, features)
+            await self._apply(model, changes)
             return model
 
     async def delete_item(self, item_id: str) -> tuple[ServingModel, bool]:
         """Hide `item_id` from every result. Returns (model, whether the id was known)."""
         async with self._overlay_lock:
             model = self._require()
-            known = item_id in model.item_row or item_id in self._side_features
-            self._side_features.pop(item_id, None)
-            self._deleted.add(item_id)
-            model.overlay = await asyncio.to_thread(self._build_overlay, model)
-            self.metrics.index_size.labels(index="side").set(len(model.overlay.side_ids))
-            return model, known
+            changes, was_side = await self.item_log.delete(item_id)
+            await self._apply(model, changes)
+            return model, was_side or item_id in model.item_row
+
+    async def sync_items(self) -> bool:
+        """Apply item changes other workers made (True when something changed). One cheap GET when nothing did."""
+        changes = await self.item_log.newer_than(self.changes.version)
+        if changes is None:
+            return False
+        async with self._overlay_lock:
+            # Re-read under the lock: a PUT of this worker may have applied a newer snapshot meanwhile.
+            changes = await self.item_log.newer_than(self.changes.version)
+            if changes is None:
+                return False
+            model = self.current
+            if model is None:
+                self.changes = changes
+            else:
+                await self._apply(model, changes)
+        log.info("item_changes_applied", version=changes.version, side=len(changes.side),
+                 deleted=len(changes.deleted))
+        return True
+
+    async def sync_items_forever(self, interval: float, on_error: Callable[[BaseException], None]) -> None:
+        """Poll the shared change log every `interval` seconds (cancelled on shutdown); errors go to `on_error`."""
+        while True:
+            try:
+                await self.sync_items()
+            except Exception as e:  # the poller must survive anything (Redis down, a bad record)
+                on_error(e)
+            await asyncio.sleep(interval)
 
     def _require(self) -> ServingModel:
         if self.current is None:

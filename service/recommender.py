@@ -14,7 +14,14 @@ score(u, i) = <u, item_vector(i)> = sum_c <u, item_components[c, i]>, so with `e
 carries score share per component (shares sum to 1; a share can be negative or above 1 when
 components pull in opposite directions).
 
-The blocking part (`rank`) runs in the service's bounded thread pool.
+Where the blocking part (`rank`) runs: on the event loop when it is small, in the service's
+bounded thread pool otherwise. A hop to the pool costs two thread switches and a future (tens of
+microseconds of CPU, plus the wait for a free thread under load) -- more than the whole top-k of a
+small catalogue. So `rank` runs inline when no tower has to run (the user vector is known) and the
+catalogue has at most `MRDIB_INLINE_SEARCH_MAX_ITEMS` items (default 4096: a faiss Flat top-k over
+1,682 x 64 takes ~30 us, over 10,000 x 64 ~250 us on the benchmark machine, docs/BENCHMARKS.md);
+the user tower and searches over bigger catalogues keep the pool, so one slow search never stalls
+every other request of the worker.
 """
 
 from __future__ import annotations
@@ -78,8 +85,8 @@ def rank(model: ServingModel, overlay: Overlay, vector: np.ndarray | None, histo
         assert history is not None and len(history)
         vector = model.user_tower.embed(history)
     rows, scores, exact = model.ip.search(vector, k, banned)
-    cands = [Scored(model.artifact.item_ids[r], float(s)) for r, s in zip(rows, scores, strict=True)]
-    base_rows = {c.item_id: int(r) for c, r in zip(cands, rows, strict=True)}
+    ids = model.artifact.item_ids
+    cands = [Scored(ids[r], s) for r, s in zip(rows.tolist(), scores.tolist(), strict=True)]
     if overlay.side_ids:
         side_scores = overlay.side_vectors @ vector
         cands += [Scored(i, float(s)) for i, s in zip(overlay.side_ids, side_scores, strict=True)
@@ -87,6 +94,7 @@ def rank(model: ServingModel, overlay: Overlay, vector: np.ndarray | None, histo
         cands.sort(key=lambda c: -c.score)
     top = cands[:k]
     if explain:
+        base_rows = {ids[r]: r for r in rows.tolist()}
         names = model.manifest.components
         sel = [c for c in top if c.item_id in base_rows]
         if sel:
@@ -102,35 +110,50 @@ def rank(model: ServingModel, overlay: Overlay, vector: np.ndarray | None, histo
 def popular(model: ServingModel, overlay: Overlay, banned: np.ndarray, k: int) -> list[Scored]:
     pop = model.popular_rows
     if len(banned):
+        pop = pop[: k + len(banned)]  # the first k not banned are within the first k + len(banned)
         pop = pop[~np.isin(pop, banned)]
     pop = pop[:k]
     counts = model.artifact.item_popularity
     return [Scored(model.artifact.item_ids[r], float(counts[r])) for r in pop]
 
 
+def _rows(parts: list[np.ndarray | list[int]]) -> np.ndarray:
+    """Banned rows as one int64 array; duplicates are fine (index.search copes), so no sort/unique per request."""
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return _NO_ROWS
+    if len(parts) == 1:
+        return np.asarray(parts[0], dtype=np.int64)
+    return np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
+
+
+_NO_ROWS = np.empty(0, np.int64)
+
+
 async def recommend(q: Query, model: ServingModel, state: UserStateStore, pool: Executor,
-                    metrics: Metrics) -> Result:
+                    metrics: Metrics, inline_max_items: int = 0) -> Result:
     """Answer one /recommend query against exactly one model version (`model`)."""
     overlay = model.overlay
-    loop = asyncio.get_running_loop()
     version = model.version
-    req_rows, unknown = model.rows_of(q.history)
+    req_rows, unknown = model.rows_of(q.history) if q.history else ([], [])
     user_row = model.user_row.get(q.user_id) if q.user_id else None
+    st = None
     cached_vec, recent_ids = None, []
     if q.user_id:
         st = await state.get(version, q.user_id, model.manifest.embedding_dim)
         cached_vec, recent_ids = st.vector, st.recent
-    recent_rows, _ = model.rows_of(recent_ids)
-    train_rows = model.artifact.seen_items(user_row) if user_row is not None else np.empty(0, np.int64)
+    recent_rows = model.rows_of(recent_ids)[0] if recent_ids else []
+    train_rows = model.artifact.seen_items(user_row) if user_row is not None else _NO_ROWS
 
     # What to exclude: hidden items always, `exclude` always, what the user has seen unless asked not to.
-    excl_rows, _ = model.rows_of(q.exclude)
-    banned_side = set(q.exclude) | set(overlay.deleted)
+    excl_rows = model.rows_of(q.exclude)[0] if q.exclude else []
     banned_parts: list = [overlay.hidden_rows, excl_rows]
+    banned_side: set[str] | frozenset[str] = overlay.deleted
+    if overlay.side_ids and (q.exclude or (q.exclude_seen and (q.history or recent_ids))):
+        banned_side = overlay.deleted.union(q.exclude, *((q.history, recent_ids) if q.exclude_seen else ()))
     if q.exclude_seen:
         banned_parts += [req_rows, recent_rows, train_rows]
-        banned_side |= set(q.history) | set(recent_ids)
-    banned = np.unique(np.concatenate([np.asarray(p, dtype=np.int64) for p in banned_parts]))
+    banned = _rows(banned_parts)
 
     vector, history, source, cached, cache_it = None, None, "user", False, False
     if req_rows:
@@ -144,22 +167,26 @@ async def recommend(q: Query, model: ServingModel, state: UserStateStore, pool: 
     elif user_row is not None:
         vector, cache_it = model.artifact.user_vectors[user_row], True
     else:
-        metrics.fallbacks.labels(kind="popular").inc()
-        items = await loop.run_in_executor(pool, popular, model, overlay, banned, q.k)
+        metrics.fallback_popular.inc()
+        items = popular(model, overlay, banned, q.k)  # a slice of a precomputed order: never worth a thread hop
         return Result(version, items, "popular", False, unknown)
 
     if q.user_id and not req_rows:
-        metrics.cache.labels(result="hit" if cached else "miss").inc()
-    vector, items, exact = await loop.run_in_executor(pool, rank, model, overlay, vector, history, banned,
-                                                      banned_side, q.k, q.explain)
+        (metrics.cache_hit if cached else metrics.cache_miss).inc()
+    if vector is not None and model.ip.size <= inline_max_items:
+        vector, items, exact = rank(model, overlay, vector, None, banned, banned_side, q.k, q.explain)
+    else:
+        vector, items, exact = await asyncio.get_running_loop().run_in_executor(
+            pool, rank, model, overlay, vector, history, banned, banned_side, q.k, q.explain)
     if exact:
-        metrics.fallbacks.labels(kind="exact_search").inc()
-    if cache_it and q.user_id:
-        await state.put_vector(version, q.user_id, vector)
+        metrics.fallback_exact.inc()
+    if cache_it and q.user_id and st is not None:
+        await state.put_vector(version, q.user_id, vector, st)
     return Result(version, items, source, cached, unknown)
 
 
-async def similar(model: ServingModel, item_id: str, k: int, pool: Executor) -> list[Scored]:
+async def similar(model: ServingModel, item_id: str, k: int, pool: Executor, inline_max_items: int = 0
+                  ) -> list[Scored]:
     """Nearest items to `item_id` by cosine of item vectors (itself and hidden items excluded).
 
     Raises KeyError when the id is neither in the catalogue nor a side item."""
@@ -167,15 +194,16 @@ async def similar(model: ServingModel, item_id: str, k: int, pool: Executor) -> 
     if item_id in overlay.deleted:
         raise KeyError(item_id)
     row = model.item_row.get(item_id)
-    side_pos = overlay.side_ids.index(item_id) if item_id in overlay.side_ids else None
+    side_pos = overlay.side_pos.get(item_id)
     if row is None and side_pos is None:
         raise KeyError(item_id)
 
     def run() -> list[Scored]:
         q = overlay.side_vectors[side_pos] if side_pos is not None else model.artifact.item_vectors[row]
-        banned = overlay.hidden_rows if row is None else np.union1d(overlay.hidden_rows, [row])
-        rows, scores, _ = model.cos.search(q, k, banned.astype(np.int64))
-        out = [Scored(model.artifact.item_ids[r], float(s)) for r, s in zip(rows, scores, strict=True)]
+        banned = overlay.hidden_rows if row is None else _rows([overlay.hidden_rows, [row]])
+        rows, scores, _ = model.cos.search(q, k, banned)
+        ids = model.artifact.item_ids
+        out = [Scored(ids[r], s) for r, s in zip(rows.tolist(), scores.tolist(), strict=True)]
         if overlay.side_ids:
             qn = model.cos.prepare(q)[0]
             sims = overlay.side_norm() @ qn
@@ -183,4 +211,6 @@ async def similar(model: ServingModel, item_id: str, k: int, pool: Executor) -> 
             out.sort(key=lambda c: -c.score)
         return out[:k]
 
+    if model.cos.size <= inline_max_items:
+        return run()
     return await asyncio.get_running_loop().run_in_executor(pool, run)

@@ -45,14 +45,30 @@ class RedisLink:
     def key(self, *parts: str) -> str:
         return self.settings.redis_key_prefix + ":".join(parts)
 
-    def uvec_key(self, version: str, user: str) -> str:
-        return self.key("uvec", version, user)
+    def uvec_key(self, user: str) -> str:
+        """Hash of a user's cached state, one field per model version: an event deletes the whole key, so no
+        version (old or new, during a roll-out) can serve a vector the event made stale."""
+        return self.key("uvec", user)
+
+    def uev_key(self, user: str) -> str:
+        """Counter of a user's accepted events: a vector computed from state read before an event is not cached
+        after it (the cache write compares this counter)."""
+        return self.key("uev", user)
 
     def hist_key(self, user: str) -> str:
         return self.key("hist", user)
 
     def dedupe_key(self, event_id: str) -> str:
         return self.key("evt", event_id)
+
+    @property
+    def inval_channel(self) -> str:
+        """Pub/sub channel on which the event script names users whose cached state just became stale."""
+        return self.key("uinval")
+
+    def items_keys(self) -> tuple[str, str, str]:
+        """Admin item changes shared by every worker: (side items hash, deleted ids set, change counter)."""
+        return self.key("items", "side"), self.key("items", "deleted"), self.key("items", "ver")
 
     @property
     def stream(self) -> str:

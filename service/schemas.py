@@ -6,7 +6,7 @@ import math
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, field_validator
 
 from service.events import EVENT_TYPE_RE
 
@@ -26,14 +26,16 @@ class RecommendRequest(_In):
 
     `history` (most recent first) longer than MRDIB_MAX_REQUEST_HISTORY is rejected with 422;
     ids of `history` that the model does not know are ignored and listed in `unknown_items`.
+    Numbers and flags are strict: `"k": true`, `"k": "5"` or `"k": 5.0` are 422, not silently k=1 or 5 (pydantic's
+    lax mode would coerce them, and a client bug would go unnoticed).
     """
 
     user_id: str | None = Field(default=None, min_length=1, max_length=256)
     history: list[ItemId] = Field(default_factory=list)
-    k: int = Field(default=20, ge=1, le=MAX_K)
-    exclude_seen: bool = True
+    k: StrictInt = Field(default=20, ge=1, le=MAX_K)
+    exclude_seen: StrictBool = True
     exclude: list[ItemId] = Field(default_factory=list)
-    explain: bool = False
+    explain: StrictBool = False
 
 
 class ErrorOut(BaseModel):
@@ -89,9 +91,10 @@ class EventAccepted(BaseModel):
 
 
 class ItemIn(_In):
-    """Modality features of a new or changed item: one list of floats per manifest modality."""
+    """Modality features of a new or changed item: one list of numbers per manifest modality (strict: `true` or
+    `"1.5"` are 422, not 1.0 and 1.5)."""
 
-    features: dict[str, list[float]]
+    features: dict[str, list[StrictFloat]]
 
     @field_validator("features")
     @classmethod

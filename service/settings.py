@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     dedupe_ttl_s: int = Field(default=7 * 86400, ge=1, description="how long an event id is remembered for dedupe")
     history_cap: int = Field(default=50, ge=1, description="recent events kept per user")
     lru_size: int = Field(default=100_000, ge=1, description="users kept by the in-process cache")
+    near_cache_ttl_s: float = Field(
+        default=10.0, ge=0, description="with Redis: lifetime of a user state kept in the worker's near cache "
+                                        "(coherent through invalidation messages; this bounds the worst case). "
+                                        "0 = every request reads Redis")
+    near_cache_size: int = Field(default=10_000, ge=1, description="users kept by each worker's near cache")
     stream: str = Field(default="mrdib:events", min_length=1, description="Redis stream that receives events")
     stream_maxlen: int | None = Field(default=None, ge=1, description="approximate XADD MAXLEN; None keeps all")
     wal_path: Path = Field(default=Path("events.wal.jsonl"), description="local event file / write-ahead log")
@@ -43,6 +48,13 @@ class Settings(BaseSettings):
     cpu_threads: int = Field(default=4, ge=1, description="size of the thread pool running ONNX and FAISS")
     ort_intra_threads: int = Field(default=1, ge=1, description="onnxruntime intra-op threads per session")
     faiss_threads: int = Field(default=1, ge=1, description="OpenMP threads of FAISS searches")
+    inline_search_max_items: int = Field(
+        default=4096, ge=0,
+        description="catalogues up to this size are searched on the event loop when the user vector is known "
+                    "(a thread-pool hop costs more than the search); bigger ones, and the towers, use the pool. "
+                    "0 = always the pool")
+    item_sync_interval_s: float = Field(
+        default=0.25, gt=0, description="how often each worker checks Redis for admin item changes of other workers")
     use_gpu: bool = Field(default=True, description="use CUDA EP / faiss-gpu when they are installed and a GPU exists")
 
     admin_token: SecretStr | None = Field(default=None, description="bearer token of admin routes; unset = disabled")

@@ -198,6 +198,13 @@ def test_put_and_delete_items(client):
         ("post", "/recommend", {"json": {"k": 0}}, 422, "k"),
         ("post", "/recommend", {"json": {"k": 1001}}, 422, "k"),
         ("post", "/recommend", {"json": {"k": "many"}}, 422, "k"),
+        ("post", "/recommend", {"json": {"k": True}}, 422, "k"),  # strict: not k=1
+        ("post", "/recommend", {"json": {"k": "5"}}, 422, "k"),
+        ("post", "/recommend", {"json": {"k": 5.0}}, 422, "k"),
+        ("post", "/recommend", {"json": {"explain": 1}}, 422, "explain"),
+        ("post", "/recommend", {"json": {"exclude_seen": "no"}}, 422, "exclude_seen"),
+        ("put", "/items/x", {"json": {"features": {"text": [True] * 8, "image": [0.0] * 6}}, "headers": AUTH},
+         422, "features"),
         ("post", "/recommend", {"json": {"user_id": "u1", "colour": 1}}, 422, "colour"),
         ("post", "/recommend", {"json": [1, 2]}, 422, ""),
         ("post", "/recommend", {"json": {"history": [f"i{i}" for i in range(51)]}}, 422, "history"),
@@ -265,3 +272,23 @@ def test_unexpected_error_is_json_500_without_trace(client, monkeypatch):
     r = client.post("/recommend", json={"user_id": "u1"})
     assert r.status_code == 500 and r.json() == {"detail": "internal server error"}
     assert "secret" not in r.text
+
+
+def test_put_with_non_finite_tower_output_is_422_and_indexes_nothing(client, monkeypatch):
+    model = client.app.state.ctx.store.current
+    dim = model.manifest.embedding_dim
+    monkeypatch.setattr(model.item_tower, "embed", lambda feats: np.full(dim, np.inf, np.float32))
+    r = client.put("/items/overflow", json={"features": item_features(4)}, headers=AUTH)
+    assert r.status_code == 422 and "NaN or infinite" in r.json()["detail"] and "features" in r.json()["detail"]
+    assert client.get("/model").json()["side_index_size"] == 0
+    assert client.get("/items/overflow/similar").status_code == 404
+
+
+def test_bodies_match_the_response_models(client):
+    from service.schemas import RecommendResponse, SimilarResponse
+
+    for body in ({"user_id": "u1"}, {"user_id": "u1", "explain": True, "k": 3}, {"history": ["i1", "zz"]}, {}):
+        r = client.post("/recommend", json=body)
+        assert r.headers["content-type"] == "application/json"
+        RecommendResponse.model_validate_json(r.content, strict=True)
+    SimilarResponse.model_validate_json(client.get("/items/i1/similar").content, strict=True)

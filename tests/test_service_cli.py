@@ -61,3 +61,41 @@ def test_serve_flags_override_environment(monkeypatch, tmp_path):
     assert os.environ["MRDIB_ARTIFACTS"] == str(tmp_path.resolve())
     bad = CliRunner().invoke(cli, ["--port", "0"])
     assert bad.exit_code == 2
+
+
+def test_every_log_line_of_mrdib_serve_is_json(tmp_path):
+    """uvicorn's own lines (startup, shutdown) included: `mrdib serve` hands uvicorn a JSON log config."""
+    import json
+    import os
+    import signal
+    import time
+
+    import httpx
+
+    from tests._service_helpers import free_port
+
+    port = free_port()
+    code = "import typer; from service.cli import serve; typer.run(serve)"
+    env = {**os.environ, "MRDIB_POLL_INTERVAL_S": "0", "MRDIB_WAL_PATH": str(tmp_path / "w.jsonl")}
+    env.pop("REDIS_URL", None)
+    proc = subprocess.Popen([sys.executable, "-c", code, "--artifacts", str(tmp_path / "empty"), "--port", str(port)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    lines = [ln for ln in (out + err).splitlines() if ln.strip()]
+    records = [json.loads(ln) for ln in lines]  # raises on any plain-text line
+    events = " ".join(str(r.get("event")) for r in records)
+    assert "Started server process" in events and "Application startup complete" in events
+    assert "no_model" in events and "artifacts_root_missing" in events  # our own structlog lines, same stream
+    assert all("level" in r and "timestamp" in r for r in records)

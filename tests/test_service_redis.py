@@ -5,6 +5,7 @@ Every run uses its own key prefix and stream name, and deletes them afterwards.
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import httpx
@@ -53,14 +54,16 @@ def test_cache_hit_after_miss_in_redis(env):
     second = http.post("/recommend", json={"user_id": "u7"}).json()
     assert (first["cached"], second["cached"]) == (False, True)
     assert first["items"] == second["items"]
-    key = f"{prefix}uvec:{v}:u7"
-    raw = r.get(key)
-    assert np.allclose(np.frombuffer(raw, np.float32), env["art"].user_vectors[7])
+    key = f"{prefix}uvec:u7"  # one hash per user, one field per model version
+    raw = r.hget(key, v)
+    dim = env["art"].manifest.embedding_dim
+    assert np.allclose(np.frombuffer(raw[: 4 * dim], np.float32), env["art"].user_vectors[7])
+    assert json.loads(raw[4 * dim:]) == []  # the recent events it was computed with: none
     assert 0 < r.ttl(key) <= 3600
 
 
 def test_event_is_streamed_invalidates_cache_and_changes_recommendation(env):
-    http, r, prefix, v, art = env["http"], env["redis"], env["prefix"], env["version"], env["art"]
+    http, r, prefix, art = env["http"], env["redis"], env["prefix"], env["art"]
     http.post("/recommend", json={"user_id": "u10", "k": 5})
     assert http.post("/recommend", json={"user_id": "u10", "k": 5}).json()["cached"] is True
     before = http.post("/recommend", json={"user_id": "u10", "k": 5}).json()["items"]
@@ -72,7 +75,7 @@ def test_event_is_streamed_invalidates_cache_and_changes_recommendation(env):
     assert len(entries) == 1 and entries[0][b"item_id"] == b"i3" and entries[0][b"type"] == b"purchase"
     assert entries[0][b"ts"].startswith(b"2026-01-02T03:04:05")
     assert r.lrange(f"{prefix}hist:u10", 0, -1) == [b"i3"]
-    assert r.get(f"{prefix}uvec:{v}:u10") is None
+    assert r.exists(f"{prefix}uvec:u10") == 0 and r.get(f"{prefix}uev:u10") == b"1"
     after = http.post("/recommend", json={"user_id": "u10", "k": 5}).json()
     assert after["cached"] is False and after["items"] != before
     hist = [3, *art.seen_items(10)]
