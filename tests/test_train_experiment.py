@@ -79,6 +79,13 @@ def test_experiment_runs_rows_seeds_grid_and_writes_its_section(tmp_path: Path) 
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     assert results.read_text(encoding="utf-8").count("<!-- experiment:tiny -->") == 1
 
+    # A subset run (--only) and --report-only still write every finished row, grid winner included.
+    for extra in (["--only", "w/o synergy"], ["--report-only"]):
+        res = CliRunner().invoke(app, ["experiment", "--config", str(cfg), *extra])
+        assert res.exit_code == 0, res.output
+        again = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())[str(data)]
+        assert set(again) == set(rows) and again["bpr"]["point"] == rows["bpr"]["point"]
+
 
 def test_plan_has_plain_mrdib_and_ablation_rows(tmp_path: Path) -> None:
     path = tmp_path / "e.yaml"

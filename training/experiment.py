@@ -297,14 +297,26 @@ def run_experiment(
                 continue
 
             if report_only:
-                if len(points) > 1:
+                def finished(point: dict[str, Any], seeds: list[int], dirs: dict = run_dirs) -> list[dict]:
+                    files = [dirs[(grid_slug(point), s)] / "metrics.json" for s in seeds]
+                    return [json.loads(f.read_text(encoding="utf-8")) for f in files if f.is_file()]
+
+                # Same rule as a full run: the grid winner by mean VALIDATION metric over the first
+                # `grid_seeds` seeds, among the points whose grid runs all finished.
+                first = exp.seeds[: exp.grid_seeds]
+                scored = [(p, finished(p, first)) for p in points]
+                scored = [(p, ms) for p, ms in scored if len(ms) == len(first)] if len(points) > 1 else scored
+                if not scored:
                     continue
-                done = [d / "metrics.json" for (_, _), d in sorted(run_dirs.items(), key=lambda kv: kv[0][1])]
-                ms = [json.loads(f.read_text(encoding="utf-8")) for f in done if f.is_file()]
+                def mean_valid(pm: tuple[dict[str, Any], list[dict]]) -> float:
+                    return _mean_std([m["valid"][m["valid_metric"]] for m in pm[1]] or [0.0])[0]
+
+                point, _ = max(scored, key=mean_valid)
+                ms = finished(point, exp.seeds)
                 if ms:
                     n, total = len(ms), len(exp.seeds)
                     label = row.label if n == total else f"{row.label} ({n}/{total} seeds)"
-                    summary[spec][label] = _summarise(row, points[0], ms)
+                    summary[spec][label] = _summarise(row, point, ms)
                 continue
 
             def run(point: dict[str, Any], seed: int, ctx: tuple = (spec, dataset, row, run_dirs)) -> dict:
@@ -322,6 +334,9 @@ def run_experiment(
             summary[spec][row.label] = _summarise(row, best_point, ms)
     if dry_run:
         return summary
+    if only and not report_only:
+        # A subset was trained; the section must still show every finished row, not just this subset.
+        return run_experiment(exp, config_path, report_only=True)
     root.mkdir(parents=True, exist_ok=True)
     (root / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     figure = Path(exp.figure_dir) / f"experiment-{exp.name}.png"
