@@ -188,14 +188,14 @@ def test_publish_flips_current_only_after_the_version_is_complete(
     root = tmp_path / "root"
     first = _republish(exported["version"], root)
     seen_at_flip: list[str] = []
-    real_write = store._atomic_write_text
+    real_write = store.atomic_write_text
 
     def spy(path: Path, text: str) -> None:
         if path.name == store.CURRENT:  # at the moment of the flip the new version must be complete
             seen_at_flip.append(store.verify_artifact(root / text.strip()).model_version)
         real_write(path, text)
 
-    monkeypatch.setattr(store, "_atomic_write_text", spy)
+    monkeypatch.setattr(store, "atomic_write_text", spy)
     second = _republish(exported["version"], root)
     assert seen_at_flip == [second] and store.current_version(root) == second != first
 

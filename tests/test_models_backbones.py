@@ -17,14 +17,6 @@ MULTIMODAL = [n for n in ALL if BACKBONES[n].uses_features]
 MODALITY_SETS = [("image", "text"), ("meta", "text"), ("image", "text", "meta")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> typing.Iterator[None]:
-    """Tiny models: one thread avoids oversubscribing the shared CI cores (restored afterwards)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def datasets() -> dict[tuple[str, ...], object]:

@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import typing
-
 import pytest
 import torch
 
 from training.models.mrdib_dependence import CLUBEstimator, bpr_loss, distance_correlation, hsic, info_nce
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> typing.Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _pair(n: int = 256, dependent: bool = True, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

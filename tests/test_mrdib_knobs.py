@@ -3,20 +3,10 @@ the sufficiency weight, encoder dropout and detached user vectors in the auxilia
 
 from __future__ import annotations
 
-import typing
-
 import pytest
 import torch
 
 from tests._mrdib_helpers import batch, make, planted
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> typing.Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

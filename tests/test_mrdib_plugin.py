@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import typing
-
 import numpy as np
 import pytest
 import torch
@@ -20,13 +18,6 @@ TERMS = {
 ALL_TERMS = set().union(*TERMS.values())
 WEIGHTED = ALL_TERMS | {"mrdib_creg"}  # + the content L2 (on whenever content_reg > 0, whatever the switches)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> typing.Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

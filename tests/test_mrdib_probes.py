@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import typing
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +15,6 @@ from training.data.synth import SynthConfig, generate_synthetic
 from training.models.base import ModelContext
 from training.models.recommender import build_recommender
 from training.probes import component_representations, load_factors, probe_r2
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> typing.Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

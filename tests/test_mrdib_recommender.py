@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import typing
-
 import pytest
 import torch
 
@@ -11,14 +9,6 @@ from tests._mrdib_helpers import batch, config, make, planted, train
 from training.models.base import ModelContext
 from training.models.recommender import Recommender, build_recommender
 from training.models.registry import build_backbone
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> typing.Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

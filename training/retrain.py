@@ -50,6 +50,7 @@ import numpy as np
 import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mrdib.artifact.store import atomic_write_text
 from training.data.dataset import TRAIN, VALID, DataError, InteractionDataset
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_UNAVAILABLE, EXIT_LOCKED = 0, 2, 3, 69, 75
@@ -121,26 +122,6 @@ def load_state(root: Path, stream: str) -> RetrainState:
     if not _STREAM_ID_RE.match(state.last_id):
         raise RetrainError(f"{path}: last_id {state.last_id!r} is not a stream id like 1700000000000-0")
     return state
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via temp file + fsync + rename, so readers and crashes see the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def save_state(root: Path, state: RetrainState) -> None:

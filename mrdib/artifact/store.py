@@ -60,7 +60,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via temp file + fsync + rename (+ fsync of the folder): readers and crashes see old or new."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -105,7 +108,7 @@ def publish(staging: Path, manifest_fields: dict, root: Path, keep: int = 5) -> 
         manifest = Manifest.model_validate(fields)
     except ValidationError as e:
         raise ArtifactError(f"cannot publish {staging}: invalid manifest: {e}") from e
-    _atomic_write_text(staging / S.MANIFEST, manifest.model_dump_json(indent=2))
+    atomic_write_text(staging / S.MANIFEST, manifest.model_dump_json(indent=2))
     _check_shapes(staging, manifest)
     final = root / manifest.model_version
     os.chmod(staging, 0o755)  # mkdtemp creates 0700; readers (the service) may run as another user
@@ -113,7 +116,7 @@ def publish(staging: Path, manifest_fields: dict, root: Path, keep: int = 5) -> 
         raise ArtifactError(f"version {manifest.model_version} already exists under {root}")
     os.rename(staging, final)
     _fsync_dir(root)
-    _atomic_write_text(root / CURRENT, manifest.model_version + "\n")
+    atomic_write_text(root / CURRENT, manifest.model_version + "\n")
     prune(root, keep)
     return manifest
 
