@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -67,6 +68,9 @@ class SimilarResponse(BaseModel):
     items: list[ScoredItem]
 
 
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+
+
 class EventIn(_In):
     user_id: str = Field(min_length=1, max_length=256)
     item_id: str = Field(min_length=1, max_length=256)
@@ -79,8 +83,8 @@ class EventIn(_In):
     @classmethod
     def _iso_only(cls, v: object) -> object:
         """ISO 8601 strings only, as documented: pydantic would also take a number as Unix seconds, so a
-        client sending milliseconds would silently record dates 50,000 years away."""
-        if v is not None and not isinstance(v, str | datetime):
+        client sending milliseconds would silently record dates 50,000 years away (a numeric *string* too)."""
+        if v is not None and not isinstance(v, datetime) and not (isinstance(v, str) and _ISO_DATE.match(v)):
             raise ValueError("timestamp must be an ISO 8601 date-time string, e.g. 2026-01-31T12:00:00Z")
         return v
 

@@ -223,6 +223,8 @@ def test_put_and_delete_items(client):
         ("post", "/events", {"json": {"user_id": "", "item_id": "i1", "type": "view"}}, 422, "user_id"),
         ("post", "/events", {"json": {"user_id": "u", "item_id": "i1", "type": "view", "timestamp": "yesterday"}},
          422, "timestamp"),
+        ("post", "/events", {"json": {"user_id": "u", "item_id": "i1", "type": "view", "timestamp": "1700000000"}},
+         422, "timestamp"),
         ("put", "/items/x", {"json": {"features": {"text": [0.0] * 8}}, "headers": AUTH}, 422, "missing ['image']"),
         ("put", "/items/x", {"json": {"features": {"text": [0.0] * 7, "image": [0.0] * 6}}, "headers": AUTH},
          422, "text has 7, expected 8"),
