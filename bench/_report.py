@@ -105,6 +105,22 @@ def write_section(name: str, body: str, doc: Path = DOC) -> Path:
     return doc
 
 
+def section_json(name: str, doc: Path = DOC) -> tuple[str, object]:
+    """(section text, parsed raw JSON block) of `<!-- bench:NAME -->`, for re-rendering a report without
+    measuring again. ValueError names the file and what is missing."""
+    import json
+
+    text = doc.read_text(encoding="utf-8")
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    if start not in text or end not in text:
+        raise ValueError(f"{doc}: no {name} section ({start} ... {end}) to re-render")
+    sec = text[text.index(start) : text.index(end)]
+    m = re.search(r"```json\n(.*?)\n```", sec, re.S)
+    if m is None:
+        raise ValueError(f"{doc}: the {name} section has no raw JSON block")
+    return sec, json.loads(m.group(1))
+
+
 def pct(xs: Sequence[float], q: float) -> float:
     """Percentile by linear interpolation (q in 0..100), without numpy (the load generator stays light)."""
     if not xs:

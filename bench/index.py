@@ -51,7 +51,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from bench._report import DOC, PLOTS, command, machine, md_table, now, text_table, write_section
+from bench._report import DOC, PLOTS, command, machine, md_table, now, section_json, text_table, write_section
 
 D = 64
 K = 20
@@ -466,15 +466,7 @@ def results_from_doc(doc: Path = DOC) -> Results:
 
     Current reports embed the whole Results JSON; reports written before that embed only the rows, so the
     run's description (command, date, machine, bandwidth, notes) is read back from the section's text."""
-    text = doc.read_text(encoding="utf-8")
-    start, end = "<!-- bench:index -->", "<!-- /bench:index -->"
-    if start not in text or end not in text:
-        raise ValueError(f"{doc}: no index section ({start} ... {end}) to re-render")
-    sec = text[text.index(start):text.index(end)]
-    m = re.search(r"```json\n(.*?)\n```", sec, re.S)
-    if m is None:
-        raise ValueError(f"{doc}: the index section has no raw JSON block")
-    raw = json.loads(m.group(1))
+    sec, raw = section_json("index", doc)
     if isinstance(raw, dict):
         return Results.from_json(raw)
     rows = [Row.from_json(r) for r in raw]

@@ -58,7 +58,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench._report import DOC, PLOTS, REPO, command, machine, md_table, now, text_table, write_section
+from bench._report import DOC, PLOTS, REPO, command, machine, md_table, now, section_json, text_table, write_section
 
 BACKBONES = ("bpr", "lightgcn", "vbpr", "freedom", "mgcn")
 BABY = {"n_users": 19_445, "n_items": 7_050, "n_interactions": 160_792}
@@ -730,15 +730,7 @@ def saved_from_doc(doc: Path = DOC) -> dict:
 
     Sections written before the full record was embedded hold only the cells: the run's description is then
     read back from the section's text, and its protocol arguments from its recorded command line."""
-    text = doc.read_text(encoding="utf-8")
-    start, end = "<!-- bench:train -->", "<!-- /bench:train -->"
-    if start not in text or end not in text:
-        raise ValueError(f"{doc}: no train section ({start} ... {end}) to re-render")
-    sec = text[text.index(start):text.index(end)]
-    m = re.search(r"```json\n(.*?)\n```", sec, re.S)
-    if m is None:
-        raise ValueError(f"{doc}: the train section has no raw JSON block")
-    raw = json.loads(m.group(1))
+    sec, raw = section_json("train", doc)
     if isinstance(raw, dict):
         return raw
     cmd = re.search(r"- command: `([^`]*)` \((\d+) s\)", sec)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -19,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from tests._service_helpers import PrivateRedis, redis_available
+from tests._service_helpers import PrivateRedis
 
 REPORT_ENV = "MRDIB_FAULT_REPORT_DIR"
 
@@ -104,16 +102,7 @@ class FastPrivateRedis(PrivateRedis):
     replies, so a killed *process* loses nothing it acknowledged (only a machine crash could lose up to 1 s);
     it avoids one disk fsync per command, which would make a 10,000-event test take minutes on slow disks."""
 
-    def start(self) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise RuntimeError("redis-server not installed")
-        self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
-             "--appendonly", "yes", "--appendfsync", "everysec"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        wait_for(lambda: redis_available(self.url), timeout=10, what="private redis-server to start")
+    appendfsync = "everysec"
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no final AOF rewrite."""

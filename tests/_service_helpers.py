@@ -201,6 +201,8 @@ def redis_available(url: str = "redis://127.0.0.1:6379/0") -> bool:
 class PrivateRedis:
     """A redis-server of our own on a free port in a temp dir, which tests may stop and restart."""
 
+    appendfsync = "always"  # every acknowledged write on disk before the reply
+
     def __init__(self):
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="mrdib-redis-"))
@@ -216,7 +218,7 @@ class PrivateRedis:
             raise RuntimeError("redis-server not installed")
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always"],
+             "--appendonly", "yes", "--appendfsync", self.appendfsync],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
