@@ -47,16 +47,7 @@ def make_dataset(
     arr = np.asarray(triples, dtype=np.int64).reshape(-1, 3)
     if features is None:
         features = {"f": np.random.default_rng(0).normal(size=(n_items, 4)).astype(np.float32)}
-    return InteractionDataset(
-        name="tiny",
-        users=arr[:, 0].copy(),
-        items=arr[:, 1].copy(),
-        timestamps=np.zeros(len(arr), dtype=np.int64),
-        splits=arr[:, 2].astype(np.int8),
-        user_ids=[f"u{u}" for u in range(n_users)],
-        item_ids=[f"i{i}" for i in range(n_items)],
-        features=features,
-    )
+    return InteractionDataset.from_pairs(arr[:, 0], arr[:, 1], arr[:, 2], features, n_users, name="tiny")
 
 
 def random_dataset(n_users: int, n_items: int, per_user: int, seed: int) -> InteractionDataset:

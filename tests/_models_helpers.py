@@ -44,17 +44,7 @@ def planted_dataset(
         d = FEATURE_DIMS.get(m, 8)
         centers = rng.normal(size=(n_clusters, d))
         features[m] = (centers[item_c] + 0.3 * rng.normal(size=(n_items, d))).astype(np.float32)
-    n = len(users)
-    return InteractionDataset(
-        name="planted",
-        users=np.asarray(users, dtype=np.int64),
-        items=np.asarray(items, dtype=np.int64),
-        timestamps=np.zeros(n, dtype=np.int64),
-        splits=np.asarray(splits, dtype=np.int8),
-        user_ids=[f"u{u}" for u in range(n_users)],
-        item_ids=[f"i{i}" for i in range(n_items)],
-        features=features,
-    )
+    return InteractionDataset.from_pairs(users, items, splits, features, n_users, name="planted")
 
 
 def make(name: str, ds: InteractionDataset, seed: int = 0, **params: object) -> tuple[Backbone, ModelContext]:

@@ -43,17 +43,7 @@ def planted(modalities: tuple[str, ...] = ("image", "text"), n_users: int = 40, 
         mix = rng.normal(size=(6 + 2, d))
         latent = np.concatenate([centers[item_c], rng.normal(size=(n_items, 2))], axis=1)
         features[m] = (latent @ mix + 0.1 * rng.normal(size=(n_items, d))).astype(np.float32)
-    n = len(users)
-    return InteractionDataset(
-        name="mrdib-planted",
-        users=np.asarray(users, dtype=np.int64),
-        items=np.asarray(items, dtype=np.int64),
-        timestamps=np.zeros(n, dtype=np.int64),
-        splits=np.asarray(splits, dtype=np.int8),
-        user_ids=[f"u{u}" for u in range(n_users)],
-        item_ids=[f"i{i}" for i in range(n_items)],
-        features=features,
-    )
+    return InteractionDataset.from_pairs(users, items, splits, features, n_users, name="mrdib-planted")
 
 
 def config(backbone: str = "bpr", enabled: bool = True, **mrdib: object) -> TrainConfig:

@@ -63,6 +63,30 @@ class InteractionDataset:
             if x.dtype != np.float32 or x.ndim != 2 or x.shape[0] != self.n_items:
                 raise ValueError(f"features[{m!r}] must be float32 [{self.n_items}, d], got {x.dtype} {x.shape}")
 
+    @classmethod
+    def from_pairs(
+        cls,
+        users: object,
+        items: object,
+        splits: object,
+        features: dict[str, np.ndarray],
+        n_users: int,
+        name: str = "inline",
+    ) -> InteractionDataset:
+        """A dataset built in code (tests, generators): ids "u<row>"/"i<row>", no timestamps."""
+        u = np.asarray(users, dtype=np.int64)
+        n_items = next(iter(features.values())).shape[0]
+        return cls(
+            name=name,
+            users=u,
+            items=np.asarray(items, dtype=np.int64),
+            timestamps=np.zeros(len(u), dtype=np.int64),
+            splits=np.asarray(splits, dtype=np.int8),
+            user_ids=[f"u{r}" for r in range(n_users)],
+            item_ids=[f"i{r}" for r in range(n_items)],
+            features=features,
+        )
+
     @property
     def n_users(self) -> int:
         return len(self.user_ids)
