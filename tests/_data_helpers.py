@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,17 @@ def shared_dataset(name: str) -> Path:
     if root is None or not (root / name).is_dir():
         pytest.skip(f"shared dataset {name} not available")
     return root / name
+
+
+def shared_copy_with_short_text_features(tmp_path: Path) -> Path:
+    """A writable copy of ml-100k-mm whose text_feat.npy lacks its last row (1681 of 1682)."""
+    src = shared_dataset("ml-100k-mm")
+    d = tmp_path / "mm"
+    shutil.copytree(src, d)
+    for p in d.iterdir():
+        p.chmod(0o644)
+    np.save(d / "text_feat.npy", np.load(src / "text_feat.npy", allow_pickle=False)[:1681])
+    return d
 
 
 HEADER = "userID\titemID\trating\ttimestamp\tx_label"

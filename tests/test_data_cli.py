@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-import numpy as np
 from typer.testing import CliRunner
 
-from tests._data_helpers import shared_dataset
+from tests._data_helpers import shared_copy_with_short_text_features, shared_dataset
 from tests.test_data_grouplens import make_grouplens
 from training.data.cli import app
 from training.data.mmrec import load_mmrec
@@ -31,12 +29,7 @@ def test_inspect_shared_ml100k_mm() -> None:
 
 
 def test_inspect_short_feature_file_exits_2_naming_it(tmp_path: Path) -> None:
-    src = shared_dataset("ml-100k-mm")
-    d = tmp_path / "mm"
-    shutil.copytree(src, d)
-    for p in d.iterdir():
-        p.chmod(0o644)
-    np.save(d / "text_feat.npy", np.load(src / "text_feat.npy")[:1681])
+    d = shared_copy_with_short_text_features(tmp_path)
     result = runner.invoke(app, ["inspect", str(d)])
     assert result.exit_code == 2
     assert "text_feat.npy" in result.output and "1681" in result.output

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests._data_helpers import GOOD_ROWS, HEADER, make_mmrec, shared_dataset
+from tests._data_helpers import GOOD_ROWS, HEADER, make_mmrec, shared_copy_with_short_text_features, shared_dataset
 from training.data.dataset import DataError
 from training.data.mmrec import load_mmrec, write_mmrec
 from training.data.synth import SynthConfig, generate_synthetic
@@ -194,12 +194,7 @@ def test_missing_folder_and_missing_named_files(tmp_path: Path) -> None:
 
 
 def test_shared_copy_with_short_feature_file_names_it(tmp_path: Path) -> None:
-    src = shared_dataset("ml-100k-mm")
-    d = tmp_path / "mm"
-    shutil.copytree(src, d)
-    for p in d.iterdir():
-        p.chmod(0o644)
-    np.save(d / "text_feat.npy", np.load(src / "text_feat.npy")[:1681])
+    d = shared_copy_with_short_text_features(tmp_path)
     with pytest.raises(DataError, match=r"text_feat\.npy: 1681 rows"):
         load_mmrec(d)
 

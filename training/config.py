@@ -95,12 +95,16 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> T
         data = tomllib.loads(text) if path.suffix == ".toml" else (yaml.safe_load(text) or {})
         if not isinstance(data, dict):
             raise ValueError(f"{path}: top level must be a mapping")
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
+    set_dotted(data, {k: v for k, v in (overrides or {}).items() if v is not None})
+    return TrainConfig.model_validate(data)
+
+
+def set_dotted(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Apply {'backbone.params.knn_k': 5, ...} to a nested config dict in place (missing levels are created)."""
+    for key, value in overrides.items():
         node = data
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return TrainConfig.model_validate(data)
+    return data

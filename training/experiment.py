@@ -200,17 +200,11 @@ def grid_slug(point: dict[str, Any]) -> str:
 
 def run_config(exp: ExperimentConfig, spec: str, row: Row, point: dict[str, Any], seed: int):
     """The TrainConfig of one run: base, then per-backbone overrides, then the row, grid point and seed."""
-    from training.config import TrainConfig
+    from training.config import TrainConfig, set_dotted
 
     data: dict[str, Any] = json.loads(json.dumps(exp.base))  # deep copy
     dotted = {**exp.overrides.get(row.backbone, {}), **row.overrides(), **point, "seed": seed, "data": spec}
-    for key, value in dotted.items():
-        node = data
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return TrainConfig.model_validate(data)
+    return TrainConfig.model_validate(set_dotted(data, dotted))
 
 
 # --- running -------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ def build_config(
 
     from pydantic import ValidationError
 
-    from training.config import TrainConfig, load_config
+    from training.config import TrainConfig, load_config, set_dotted
 
     try:
         if resume is not None:
@@ -64,13 +64,7 @@ def build_config(
             if not path.is_file():
                 raise typer.BadParameter(f"{path}: not a checkpoint directory (no config.json)", param_hint="--resume")
             data = json.loads(path.read_text(encoding="utf-8"))
-            for key, value in overrides.items():
-                node = data
-                *parents, leaf = key.split(".")
-                for p in parents:
-                    node = node.setdefault(p, {})
-                node[leaf] = value
-            return TrainConfig.model_validate(data)
+            return TrainConfig.model_validate(set_dotted(data, overrides))
         return load_config(config, overrides)
     except ValidationError as e:
         where = f"{resume}/config.json" if resume else (str(config) if config else "options")
