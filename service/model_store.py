@@ -27,6 +27,7 @@ import structlog
 from mrdib.artifact import schema as S
 from mrdib.artifact.schema import ArtifactError, Manifest
 from mrdib.artifact.store import LoadedArtifact, current_version, load_artifact
+from service import heap
 from service.index import VectorIndex, gpu_count
 from service.items import ItemChangeLog, ItemChanges, LocalItemLog
 from service.metrics import Metrics
@@ -189,7 +190,10 @@ class ModelStore:
                                                    "side": len(model.overlay.side_ids)})
             log.info("model_loaded", model_version=model.version, previous=served, providers=model.providers,
                      faiss_device=model.faiss_device, n_items=model.manifest.n_items)
-            return ReloadResult("loaded", model.version, candidate)
+            loaded = ReloadResult("loaded", model.version, candidate)
+            if self.settings.gc_freeze:
+                heap.settle()
+            return loaded
 
     def _refuse(self, candidate: str | None, error: str, served: str | None) -> ReloadResult:
         if candidate is not None:

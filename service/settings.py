@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="larger request bodies get 413")
     max_request_history: int = Field(default=1000, ge=1, description="longer `history` gets 422")
     max_exclude: int = Field(default=10_000, ge=0, description="longer `exclude` gets 422")
+    gc_freeze: bool = Field(
+        default=True, description="after each model load, collect once and gc.freeze() the survivors so that "
+                                  "full GC passes stop stalling requests (see service/heap.py)")
     log_level: str = Field(default="INFO")
 
 

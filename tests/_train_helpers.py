@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,13 @@ def ddp_worker(rank: int, world_size: int, port: int, argv_list: list[list[str]]
     try:
         for argv in argv_list:
             app(argv, standalone_mode=False)
+        dist.barrier()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+    # Leave without interpreter finalisation: gloo's worker threads can still be tearing down then and
+    # abort the process ("terminate called without an active exception", pytorch PR 179291), which
+    # would fail a run whose results are all written. Errors above still raise and fail the spawn.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
