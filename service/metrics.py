@@ -33,6 +33,8 @@ class Metrics:
         self.redis_up = Gauge("mrdib_redis_up", "1 when Redis answers, 0 when degraded (or not configured)",
                               registry=r)
         self.redis_errors = Counter("mrdib_redis_errors_total", "Redis operations that failed", ["op"], registry=r)
+        self.event_batch = Histogram("mrdib_event_batch_size", "events per pipelined Redis round trip (group commit)",
+                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024), registry=r)
         self.reloads = Counter("mrdib_model_reloads_total", "model load attempts", ["result"], registry=r)
         # Labelled children of the per-request series, resolved once: `.labels()` costs a lock and a dict lookup
         # on a tuple key per call, a visible share of a warm request.

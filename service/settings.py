@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     near_cache_size: int = Field(default=10_000, ge=1, description="users kept by each worker's near cache")
     stream: str = Field(default="mrdib:events", min_length=1, description="Redis stream that receives events")
     stream_maxlen: int | None = Field(default=None, ge=1, description="approximate XADD MAXLEN; None keeps all")
+    event_batch_max: int = Field(
+        default=256, ge=1, le=10_000, description="most events sent to Redis in one pipelined round trip "
+                                                  "(group commit, see service/events.py); 1 = one call each")
     wal_path: Path = Field(default=Path("events.wal.jsonl"), description="local event file / write-ahead log")
 
     cpu_threads: int = Field(default=4, ge=1, description="size of the thread pool running ONNX and FAISS")
