@@ -81,7 +81,7 @@ def inspect(
 @app.command()
 def synth(
     out: Path = typer.Option(..., "--out", help="Folder to write the MMRec-layout dataset into."),
-    preset: str = typer.Option("small", help="Starting point: small, baby or synergy-heavy."),
+    preset: str = typer.Option("small", help="Starting point: small, baby, synergy-heavy or synergy-sparse."),
     config: Path | None = typer.Option(None, help="YAML/JSON file with SynthConfig fields (applied after the preset)."),
     users: int | None = typer.Option(None, "--users", help="Number of users."),
     items: int | None = typer.Option(None, "--items", help="Number of items."),
