@@ -373,6 +373,7 @@ def events_hook(client: redis.Redis, stream: str, wal: Path):
         return (f"stream +{added} for {accepted} accepted (none lost; {added - accepted} cut off by wrk at cell "
                 f"end{wal_note})")
 
+    return hook
 
 
 def service_env(root: Path, rs: RedisServer, tmp: Path, prefix: str) -> dict[str, str]:
