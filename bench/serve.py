@@ -510,6 +510,22 @@ def build_synthetic(root: Path) -> str:
     return build_artifact(root, n_items=1682, n_users=943, dim=64, n_clusters=19, history_len=20, max_history=50)
 
 
+def describe_artifact(root: Path) -> str:
+    """One line for the report: what was trained on what, and how good it is."""
+    from mrdib.artifact.store import current_version, load_artifact
+
+    version = current_version(root)
+    if version is None:
+        raise SystemExit(f"no published artifact under {root}")
+    m = load_artifact(root / version).manifest
+    data = m.training_config.get("data", "?")
+    test = m.metrics.get("test", {}).get("recall@20")
+    kinds = ", ".join(f"{k}: {v.factory}" for k, v in m.indexes.items())
+    return (f"`{version}` under `{root.name}/`: {m.backbone}{' +MRdIB' if m.mrdib else ''} trained on `{data}` "
+            f"({m.n_users:,} users, {m.n_items:,} items, d={m.embedding_dim}; test Recall@20 "
+            f"{'?' if test is None else f'{test:.4f}'}; indexes {kinds})")
+
+
 def git_service_copy(ref: str, dest: Path) -> Path:
     """The `service` package as committed at `ref`, extracted with git archive (no change to the checkout)."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -588,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.artifacts:
             root = a.artifacts.resolve()
-            source = f"published artifacts under `{root}`"
+            source = describe_artifact(root)
         else:
             root = tmp / "artifacts"
             build_synthetic(root)
