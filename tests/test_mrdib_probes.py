@@ -41,6 +41,22 @@ def test_probe_r2_on_known_answers() -> None:
         probe_r2({"a": f[:10]}, {"f": f})
 
 
+def test_explicit_holdout_exposes_memorisation() -> None:
+    """A representation that holds a factor only for the items it was 'trained' on looks perfect on a random
+    split of those items and worthless on items it never saw: the point of testing probes on cold items."""
+    rng = np.random.default_rng(1)
+    f = rng.normal(size=(500, 2))
+    cold = np.arange(400, 500)
+    memorised = rng.normal(size=(500, 4))
+    memorised[:400, :2] = f[:400]  # known on the first 400 items only
+    warm_only = {k: v[:400] for k, v in {"m": memorised}.items()}
+    assert probe_r2(warm_only, {"f": f[:400]}).get("f", "m") > 0.99
+    table = probe_r2({"m": memorised}, {"f": f}, test_items=cold)
+    assert table.n_test == 100 and table.n_train == 400 and table.get("f", "m") < 0.1
+    with pytest.raises(ValueError, match="need >= 2 each"):
+        probe_r2({"m": memorised}, {"f": f}, test_items=np.arange(499))
+
+
 def test_load_factors_validates_rows(synth: Path, tmp_path: Path) -> None:
     factors = load_factors(synth, n_items=300)
     assert {"redundant", "unique_image", "unique_text", "synergy"} <= set(factors)
@@ -100,5 +116,7 @@ def test_load_run_rebuilds_the_trained_model_and_main_prints_markdown(tmp_path, 
     assert model.mrdib is not None and not model.training
     main([str(run), "--cache-dir", str(cache)])
     out = capsys.readouterr().out
-    assert out.startswith("| factor | ") and "| shared |" not in out.splitlines()[0][:9]
+    head, table = out.split("\n", 1)
+    assert head.startswith("probes fitted on ") and "(random)" in head
+    assert table.startswith("| factor | ") and "| shared |" not in table.splitlines()[0][:9]
     assert "synergy" in out and "unique:" in out

@@ -135,6 +135,7 @@ def probe_r2(
     test_fraction: float = 0.3,
     alpha: float = 1e-3,
     seed: int = 0,
+    test_items: np.ndarray | None = None,
 ) -> ProbeTable:
     """R^2 table of ridge probes factor <- representation on a random item split.
 
@@ -145,6 +146,10 @@ def probe_r2(
     test_fraction: share of items held out for R^2 (the same split for every cell).
     alpha: ridge strength per item (penalty alpha * n_train * |w|^2 on standardised inputs).
     seed: the item split's seed.
+    test_items: explicit held-out item rows (e.g. `cold_items`: items the encoders never saw with a label);
+        overrides test_fraction / seed. Why it matters: a content encoder trained on an item's interactions
+        can MEMORISE a factor of that item through its (unique) features, and a random split of the same
+        items then credits the encoder with structure it only memorised.
     """
     if not representations or not factors:
         raise ValueError("probe_r2 needs at least one representation and one factor")
@@ -154,11 +159,18 @@ def probe_r2(
     if len(n) != 1:
         raise ValueError(f"representations and factors disagree on the number of items: {sorted(n)}")
     n_items = n.pop()
-    n_test = max(1, round(test_fraction * n_items))
-    if n_items - n_test < 2:
-        raise ValueError(f"{n_items} items are too few to fit and test a probe")
-    perm = np.random.default_rng(seed).permutation(n_items)
-    te, tr = perm[:n_test], perm[n_test:]
+    if test_items is not None:
+        held = np.zeros(n_items, dtype=bool)
+        held[np.asarray(test_items, dtype=np.int64)] = True
+        te, tr = np.flatnonzero(held), np.flatnonzero(~held)
+        if len(te) < 2 or len(tr) < 2:
+            raise ValueError(f"test_items leaves {len(tr)} items to fit and {len(te)} to test; need >= 2 each")
+    else:
+        n_test = max(1, round(test_fraction * n_items))
+        if n_items - n_test < 2:
+            raise ValueError(f"{n_items} items are too few to fit and test a probe")
+        perm = np.random.default_rng(seed).permutation(n_items)
+        te, tr = perm[:n_test], perm[n_test:]
     fnames, cnames = list(factors), list(representations)
     table = np.full((len(fnames), len(cnames)), np.nan)
     for j, c in enumerate(cnames):
@@ -199,6 +211,21 @@ def load_run(run_dir: Path | str, cache_dir: Path | str = "runs/cache") -> tuple
     return model, folder
 
 
+def cold_items(run_dir: Path | str, cache_dir: Path | str = "runs/cache") -> np.ndarray:
+    """Item rows without a TRAINING interaction in the run's dataset: the encoders met them only as sampled
+    negatives, never with a positive label, so a probe tested on them measures what generalises."""
+    from training import checkpoint as ckpt
+    from training.config import TrainConfig
+    from training.experiment import resolve_dataset
+
+    cfg = TrainConfig.model_validate(ckpt.read_json(Path(run_dir), ckpt.CONFIG))
+    if cfg.data is None:
+        raise ValueError(f"{Path(run_dir) / ckpt.CONFIG}: no 'data' recorded")
+    dataset = resolve_dataset(cfg.data, cache_dir)
+    _, items = dataset.split_pairs(0)
+    return np.setdiff1d(np.arange(dataset.n_items), items)
+
+
 def to_markdown(table: ProbeTable) -> str:
     """Markdown table, factors as rows, R^2 with 2 decimals (negative = worse than predicting the mean)."""
     lines = ["| factor | " + " | ".join(table.components) + " |", "|---" * (len(table.components) + 1) + "|"]
@@ -214,12 +241,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--cache-dir", type=Path, default=Path("runs/cache"))
+    parser.add_argument("--holdout", choices=["random", "cold"], default="random",
+                        help="test the probes on a random 30%% of the items, or on the items without training "
+                             "interactions (fit on the others)")
     args = parser.parse_args(argv)
     model, folder = load_run(args.run_dir, args.cache_dir)
     if folder is None:
         raise SystemExit(f"{args.run_dir}: its dataset has no factors.npz (probes need a synthetic catalogue)")
     factors = load_factors(folder, model.n_items)
-    print(to_markdown(probe_r2(component_representations(model), factors)))
+    held = cold_items(args.run_dir, args.cache_dir) if args.holdout == "cold" else None
+    table = probe_r2(component_representations(model), factors, test_items=held)
+    print(f"probes fitted on {table.n_train} items, R^2 on {table.n_test} held-out ({args.holdout}) items")
+    print(to_markdown(table))
 
 
 if __name__ == "__main__":
