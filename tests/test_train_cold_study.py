@@ -37,7 +37,8 @@ def test_study_trains_without_the_cold_items_and_reports(tmp_path, capsys) -> No
     cold_study.main(["--data", str(folder), "--seeds", "1", "--json", str(out),
                      "--variant", "bpr:backbone.name=bpr,epochs=2,batch_size=512,topk=[10, 20]"])
     printed = capsys.readouterr().out
-    assert "| variant | cold-item Recall@20 |" in printed and "| bpr | " in printed
+    assert "| variant | cold-valid Recall@20 | cold-test Recall@20 |" in printed and "| bpr | " in printed
     run = json.loads(out.read_text())["bpr"]["runs"][0]
-    assert 0.0 <= run["cold_recall@20"] <= 1.0 and 0.0 <= run["valid_recall@20"] <= 1.0 and run["epochs"] == 2
-    assert np.isfinite(run["cold_recall@20"])
+    for key in ("cold_valid_recall@20", "cold_test_recall@20", "valid_recall@20"):
+        assert np.isfinite(run[key]) and 0.0 <= run[key] <= 1.0, key
+    assert run["epochs"] == 2
