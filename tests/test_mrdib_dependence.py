@@ -97,6 +97,29 @@ def test_kernel_measures_range_dependence_and_scale_invariance(measure) -> None:
     assert float(measure(xd[:2], yd[:2])) == 0.0
 
 
+def test_linear_cka_sees_linear_dependence_only() -> None:
+    """The 'cka' estimator: high for a linear map, near zero for independent codes AND for the quadratic
+    dependence HSIC catches (it is meant to target what a dot product can read, nothing more)."""
+    from training.models.mrdib_dependence import gram_dependence, linear_gram
+
+    def cka(x, y):
+        return gram_dependence(linear_gram(x), linear_gram(y))
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(256, 4, generator=g)
+    linear = x @ torch.randn(4, 3, generator=g) + 0.1 * torch.randn(256, 3, generator=g)
+    xi, _ = _pair(dependent=False)
+    xq, yq = _pair(dependent=True)  # y = x^2 + noise: dependent, but uncorrelated with x
+    assert float(cka(x, linear)) > 0.4  # 3 of 4 directions, unequal spectra: high, not 1
+    # finite-sample CKA of unrelated codes is small but positive (about 3 x 4 / 256 here)
+    assert float(cka(xi, torch.randn(256, 3, generator=g))) < 0.1
+    assert float(cka(xq, yq)) < 0.1 and float(hsic(xq, yq)) > 0.15
+    torch.testing.assert_close(cka(100.0 * x, 0.01 * linear), cka(x, linear), rtol=1e-3, atol=1e-4)
+    z = x.clone().requires_grad_(True)
+    cka(z, linear).backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+
+
 def test_info_nce_and_bpr() -> None:
     g = torch.Generator().manual_seed(0)
     a = torch.randn(32, 8, generator=g)

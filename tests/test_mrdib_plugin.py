@@ -247,7 +247,7 @@ def test_masked_synergy_matches_a_full_forward_with_the_replaced_input(ds2) -> N
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("estimator", ["club", "hsic", "dcor"])
+@pytest.mark.parametrize("estimator", ["club", "hsic", "dcor", "cka"])
 def test_redundancy_estimators_are_non_negative_and_differentiable(ds3, estimator: str) -> None:
     model, ctx = make(ds3, redundancy_estimator=estimator, contrastive_max=16)
     out = model(*batch(ctx))

@@ -49,7 +49,7 @@ class MRdIBConfig(_Cfg):
     temperature: float = Field(0.2, gt=0.0)
     club_steps: int = Field(1, ge=0, description="CLUB estimator updates per training step")
     club_lr: float = Field(1e-3, gt=0.0)
-    redundancy_estimator: Literal["club", "hsic", "dcor"] = "hsic"
+    redundancy_estimator: Literal["club", "hsic", "dcor", "cka"] = "hsic"
     synergy_mask: Literal["zero", "noise"] = "zero"
     latent_dim: int = Field(64, ge=1, description="size of each modality's bottleneck code z_m")
     club_hidden_dim: int = Field(64, ge=1, description="hidden width of each CLUB variational network q(y|x)")

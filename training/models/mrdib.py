@@ -63,6 +63,7 @@ from training.models.mrdib_dependence import (
     distance_gram,
     gram_dependence,
     info_nce,
+    linear_gram,
     rbf_gram,
     standardise,
 )
@@ -370,7 +371,7 @@ class MRdIB(nn.Module):
                 for est, (a, b) in zip(self.club_uu, pairs, strict=True):
                     dep = dep + est.estimate(u_std[a], u_std[b], standardised=True)
             else:  # each centred Gram matrix once, then all pairs
-                gram = rbf_gram if cfg.redundancy_estimator == "hsic" else distance_gram
+                gram = {"hsic": rbf_gram, "dcor": distance_gram, "cka": linear_gram}[cfg.redundancy_estimator]
                 g_s = gram(sub(state.shared))
                 g_u = [gram(sub(u)) for u in state.unique]
                 for k in range(n_mod):

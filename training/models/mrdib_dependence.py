@@ -130,8 +130,17 @@ def distance_gram(x: Tensor) -> Tensor:
     return _center(d)
 
 
+def linear_gram(x: Tensor) -> Tensor:
+    """Doubly centred linear Gram matrix X X^T [n, n]: with gram_dependence this is linear CKA, the normalised
+    squared cross-covariance. Zero exactly when no linear function of one code correlates with the other,
+    i.e. it targets what a dot-product scorer (and a linear probe) can read, which the RBF kernel's HSIC
+    weighs together with every non-linear dependence."""
+    return _center(x @ x.T)
+
+
 def gram_dependence(a: Tensor, b: Tensor) -> Tensor:
-    """<A, B> / (|A| |B|) for centred Gram matrices: normalised HSIC with rbf_gram, dCor^2 with distance_gram."""
+    """<A, B> / (|A| |B|) for centred Gram matrices: normalised HSIC with rbf_gram, dCor^2 with distance_gram,
+    linear CKA with linear_gram."""
     if a.shape[0] < 3:
         return a.new_zeros(())
     den = torch.sqrt((a * a).sum() * (b * b).sum()).clamp_min(1e-12)
