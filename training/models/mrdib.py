@@ -37,7 +37,7 @@ Concrete choices where MRdIB.md leaves one open (each is switchable through MRdI
   not over-weighted); ranking terms (sufficiency, unique, synergy) are over triples, like BPR.
   Per-modality terms are summed over modalities, as in MRdIB.md's L_suf and L_syn.
 - Cost: the content vector needs every distinct item of the batch, but the auxiliary terms do not. The
-  InfoNCE terms, the dependence estimates (CLUB, HSIC, dCor) and the synergy interventions use a random
+  InfoNCE terms, the dependence estimates (CLUB, HSIC, dCor, linear CKA) and the synergy interventions use a random
   subset of at most `contrastive_max` rows (distinct items, or triples for the user-facing terms), drawn
   with torch's RNG (reproducible). KL, sufficiency and the synergy BPR use everything (they are O(n)).
 - Switches: a term that is off contributes nothing and its modules are not built (so DDP sees no
