@@ -7,7 +7,6 @@ rewrite happens under an flock so two benchmarks finishing at once cannot lose e
 
 from __future__ import annotations
 
-import fcntl
 import os
 import platform
 import re
@@ -18,6 +17,8 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+
+from mrdib.doc_sections import replace_section
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "BENCHMARKS.md"
@@ -86,23 +87,7 @@ def write_section(name: str, body: str, doc: Path = DOC) -> Path:
     """Replace the text between this benchmark's markers (append the section when it is new)."""
     if not re.fullmatch(r"[a-z0-9_-]+", name):
         raise ValueError(f"section name {name!r}: use lower-case letters, digits, '-' or '_'")
-    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    with open(doc.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        text = doc.read_text(encoding="utf-8") if doc.exists() else _HEADER
-        block = f"{start}\n{body.strip()}\n{end}"
-        if start in text and end in text:
-            i, j = text.index(start), text.index(end) + len(end)
-            if j < i:
-                raise ValueError(f"{doc}: marker {end} comes before {start}; fix the file by hand")
-            text = text[:i] + block + text[j:]
-        else:
-            text = text.rstrip("\n") + "\n\n" + block + "\n"
-        tmp = doc.with_suffix(".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(doc)
-    return doc
+    return replace_section(doc, "bench", name, body, header=_HEADER)
 
 
 def section_json(name: str, doc: Path = DOC) -> tuple[str, object]:

@@ -44,6 +44,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from mrdib.doc_sections import replace_section
 from training.data.dataset import DataError, InteractionDataset
 
 Ablation = Literal["no_ib", "no_unique", "no_redundant", "no_synergy"]
@@ -424,19 +425,7 @@ def render_section(
 
 def write_section(path: Path, name: str, body: str) -> None:
     """Replace (or append) only the text between this experiment's markers; the rest of the file is kept."""
-    start, end = f"<!-- experiment:{name} -->", f"<!-- /experiment:{name} -->"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = path.read_text(encoding="utf-8") if path.is_file() else "# Results\n"
-    if start in text and end in text and text.index(start) < text.index(end):
-        before, rest = text.split(start, 1)
-        after = rest.split(end, 1)[1]
-        text = before + block + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    replace_section(Path(path), "experiment", name, body, header="# Results\n")
 
 
 def _write_chart(summary: dict, path: Path, name: str) -> None:
