@@ -48,6 +48,7 @@ import httpx
 import redis
 
 from bench._report import PLOTS, REPO, command, machine, md_table, now, text_table, write_section
+from mrdib.artifact.store import LoadedArtifact
 
 TARGET_RATIO = 0.5
 TARGET_TAIL = 4.0
@@ -267,13 +268,7 @@ class Workload:
     run_id: str
 
     @classmethod
-    def of(cls, root: Path, dir: Path, run_id: str) -> Workload:
-        from mrdib.artifact.store import current_version, load_artifact
-
-        version = current_version(root)
-        if version is None:
-            raise SystemExit(f"no published artifact under {root}")
-        art = load_artifact(root / version)
+    def of(cls, art: LoadedArtifact, dir: Path, run_id: str) -> Workload:
         return cls(list(art.user_ids), list(art.item_ids), dir, run_id)
 
     def script(self, name: str, text: str) -> Path:
@@ -510,19 +505,24 @@ def build_synthetic(root: Path) -> str:
     return build_artifact(root, n_items=1682, n_users=943, dim=64, n_clusters=19, history_len=20, max_history=50)
 
 
-def describe_artifact(root: Path) -> str:
-    """One line for the report: what was trained on what, and how good it is."""
+def served_artifact(root: Path) -> LoadedArtifact:
+    """The version `current` names under `root` (verified), whose ids the requests use."""
     from mrdib.artifact.store import current_version, load_artifact
 
     version = current_version(root)
     if version is None:
         raise SystemExit(f"no published artifact under {root}")
-    m = load_artifact(root / version).manifest
+    return load_artifact(root / version)
+
+
+def describe_artifact(art: LoadedArtifact, root: Path) -> str:
+    """One line for the report: what was trained on what, and how good it is."""
+    m = art.manifest
     data = m.training_config.get("data", "?")
     test = m.metrics.get("test", {}).get("recall@20")
     kinds = ", ".join(f"{k}: {v.factory}" for k, v in m.indexes.items())
-    return (f"`{version}` under `{root.name}/`: {m.backbone}{' +MRdIB' if m.mrdib else ''} trained on `{data}` "
-            f"({m.n_users:,} users, {m.n_items:,} items, d={m.embedding_dim}; test Recall@20 "
+    return (f"`{m.model_version}` under `{root.name}/`: {m.backbone}{' +MRdIB' if m.mrdib else ''} trained on "
+            f"`{data}` ({m.n_users:,} users, {m.n_items:,} items, d={m.embedding_dim}; test Recall@20 "
             f"{'?' if test is None else f'{test:.4f}'}; indexes {kinds})")
 
 
@@ -604,15 +604,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.artifacts:
             root = a.artifacts.resolve()
-            source = describe_artifact(root)
+            art = served_artifact(root)
+            source = describe_artifact(art, root)
         else:
             root = tmp / "artifacts"
             build_synthetic(root)
+            art = served_artifact(root)
             source = ("synthetic artifact of ml-100k's shape (`tests._service_helpers.build_artifact`: 1,682 items, "
                       "943 users, d=64, 19 planted clusters, mean-pooling ONNX user tower, Flat indexes) -- the "
                       "train+export pipeline was not used")
         prefix = f"bench{os.getpid()}:"
-        w = Workload.of(root, tmp, f"r{int(time.time())}")
+        w = Workload.of(art, tmp, f"r{int(time.time())}")
         n_users = len(w.user_ids)
         scripts = make_scripts(w, warm_users=100)
         env = service_env(root, rs, tmp, prefix)

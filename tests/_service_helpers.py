@@ -240,3 +240,13 @@ class PrivateRedis:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def wait_for(pred, timeout: float = 5.0, what: str = "condition", poll: float = 0.02) -> None:
+    """Poll `pred` until true; AssertionError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(poll)
+    raise AssertionError(f"timed out waiting for {what}")

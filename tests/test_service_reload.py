@@ -10,19 +10,10 @@ import httpx
 
 from service.api import create_app
 from service.settings import Settings
-from tests._service_helpers import ServerThread, build_artifact, corrupt
+from tests._service_helpers import ServerThread, build_artifact, corrupt, wait_for
 
 TOKEN = "reload-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def wait_for(pred, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_reload_poll_and_refusal(tmp_path):
@@ -54,7 +45,8 @@ def test_reload_poll_and_refusal(tmp_path):
             assert r.json()["model_version"] == v2
             # The poller alone picks up the next version.
             v3 = build_artifact(root, seed=3)
-            wait_for(lambda: http.get("/model").json()["model_version"] == v3, what="poll to load v3")
+            wait_for(lambda: http.get("/model").json()["model_version"] == v3, timeout=10.0, what="poll to load v3",
+                     poll=0.05)
         finally:
             stop.set()
             t.join()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 import uuid
 
 import httpx
@@ -19,21 +18,12 @@ from service.cache import LocalHistory, RedisUserState
 from service.metrics import Metrics
 from service.redis_link import RedisLink
 from service.settings import Settings
-from tests._service_helpers import ServerThread, build_artifact, item_features, redis_available
+from tests._service_helpers import ServerThread, build_artifact, item_features, redis_available, wait_for
 
 pytestmark = pytest.mark.redis
 TOKEN = "workers-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def wait_for(pred, timeout: float = 5.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture()

@@ -27,11 +27,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 
 from training.data.dataset import InteractionDataset
 from training.data.load import load_dataset
-from training.export.bench import cold_split, without_items
+from training.export.bench import cold_split, interactions_with, without_items
 from training.export.evaluate import recall_at_k
 
 
@@ -89,11 +88,8 @@ def cold_recall(ds: InteractionDataset, config: Path | None, overrides: dict[str
     for name, items in halves.items():
         part = np.zeros(ds.n_items, dtype=bool)
         part[items] = True
-        mask = part[ds.items]
-        targets = sp.csr_matrix((np.ones(int(mask.sum()), np.float32), (ds.users[mask], ds.items[mask])),
-                                shape=(ds.n_users, ds.n_items))
-        targets.data[:] = 1.0
-        out[f"{name}_recall@{k}"] = recall_at_k(emb.user, emb.item, targets, None, k, candidates=part)
+        out[f"{name}_recall@{k}"] = recall_at_k(emb.user, emb.item, interactions_with(ds, part), None, k,
+                                                 candidates=part)
     return {**out, "valid_recall@20": float(result.valid.get("recall@20", float("nan"))),
             "epochs": result.epochs_run}
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.data.dataset import TRAIN, InteractionDataset
 from training.models.recommender import Recommender
 
 #: keys of factors.npz that describe the generator, not per-item factors
@@ -189,6 +190,12 @@ def load_run(run_dir: Path | str, cache_dir: Path | str = "runs/cache") -> tuple
 
     Returns the model (eval mode, CPU) and the dataset folder when it holds a factors.npz (synthetic data).
     """
+    model, folder, _ = _load_run(run_dir, cache_dir)
+    return model, folder
+
+
+def _load_run(run_dir: Path | str, cache_dir: Path | str) -> tuple[Recommender, Path | None, InteractionDataset]:
+    """`load_run` plus the run's dataset (resolved once, for callers that need both)."""
     from training import checkpoint as ckpt
     from training.config import TrainConfig
     from training.experiment import SYNTH_PREFIX, resolve_dataset
@@ -208,21 +215,13 @@ def load_run(run_dir: Path | str, cache_dir: Path | str = "runs/cache") -> tuple
         folder = Path(cache_dir) / f"synth-{cfg.data[len(SYNTH_PREFIX):]}"
     elif (Path(cfg.data) / "factors.npz").is_file():
         folder = Path(cfg.data)
-    return model, folder
+    return model, folder, dataset
 
 
-def cold_items(run_dir: Path | str, cache_dir: Path | str = "runs/cache") -> np.ndarray:
-    """Item rows without a TRAINING interaction in the run's dataset: the encoders met them only as sampled
-    negatives, never with a positive label, so a probe tested on them measures what generalises."""
-    from training import checkpoint as ckpt
-    from training.config import TrainConfig
-    from training.experiment import resolve_dataset
-
-    cfg = TrainConfig.model_validate(ckpt.read_json(Path(run_dir), ckpt.CONFIG))
-    if cfg.data is None:
-        raise ValueError(f"{Path(run_dir) / ckpt.CONFIG}: no 'data' recorded")
-    dataset = resolve_dataset(cfg.data, cache_dir)
-    _, items = dataset.split_pairs(0)
+def cold_items(dataset: InteractionDataset) -> np.ndarray:
+    """Item rows without a TRAINING interaction: the encoders met them only as sampled negatives, never with a
+    positive label, so a probe tested on them measures what generalises."""
+    _, items = dataset.split_pairs(TRAIN)
     return np.setdiff1d(np.arange(dataset.n_items), items)
 
 
@@ -245,11 +244,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="test the probes on a random 30%% of the items, or on the items without training "
                              "interactions (fit on the others)")
     args = parser.parse_args(argv)
-    model, folder = load_run(args.run_dir, args.cache_dir)
+    model, folder, dataset = _load_run(args.run_dir, args.cache_dir)
     if folder is None:
         raise SystemExit(f"{args.run_dir}: its dataset has no factors.npz (probes need a synthetic catalogue)")
     factors = load_factors(folder, model.n_items)
-    held = cold_items(args.run_dir, args.cache_dir) if args.holdout == "cold" else None
+    held = cold_items(dataset) if args.holdout == "cold" else None
     table = probe_r2(component_representations(model), factors, test_items=held)
     print(f"probes fitted on {table.n_train} items, R^2 on {table.n_test} held-out ({args.holdout}) items")
     print(to_markdown(table))

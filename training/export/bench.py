@@ -116,6 +116,17 @@ def cold_split(ds: InteractionDataset, frac: float = 0.2, seed: int = 0) -> np.n
     return cold
 
 
+def interactions_with(ds: InteractionDataset, items: np.ndarray) -> sp.csr_matrix:
+    """[n_users, n_items] 0/1: every interaction (any split) with the items where `items` (bool) is True --
+    the targets of a cold-start test, whose items the model never saw."""
+    mask = items[ds.items]
+    targets = sp.csr_matrix(
+        (np.ones(int(mask.sum()), np.float32), (ds.users[mask], ds.items[mask])), shape=(ds.n_users, ds.n_items)
+    )
+    targets.data[:] = 1.0  # a pair seen in several splits is still one target
+    return targets
+
+
 def without_items(ds: InteractionDataset, drop: np.ndarray) -> InteractionDataset:
     """The dataset minus every interaction (any split) with the items where `drop` is True."""
     keep = ~drop[ds.items]
@@ -171,11 +182,7 @@ def cold_start_report(
     fit_s = time.perf_counter() - t0
     V_cold = V.copy()
     V_cold[cold] = item_tower_vectors(tower, ds.features, np.flatnonzero(cold))
-    mask = cold[ds.items]
-    targets = sp.csr_matrix(
-        (np.ones(int(mask.sum()), np.float32), (ds.users[mask], ds.items[mask])), shape=(ds.n_users, ds.n_items)
-    )
-    targets.data[:] = 1.0
+    targets = interactions_with(ds, cold)
     tower_r = recall_at_k(U, V_cold, targets, None, k, candidates=cold)
     # what the backbone itself gives never-seen items (random init for ID-only models; content-based
     # models such as FREEDOM / MRdIB derive part of every item vector from its features)
