@@ -143,6 +143,8 @@ def test_verify_does_not_need_torch(exported: dict[str, Path]) -> None:
         ("shape", "disagrees with manifest"),
         ("count", "disagrees with manifest"),
         ("ids", "ids, manifest says"),
+        ("components", "components do not sum to the item vector \\(item row 3"),
+        ("nan", "NaN or inf"),
     ],
 )
 def test_reader_refuses_damaged_artifacts(exported: dict[str, Path], tmp_path: Path, damage: str, message: str) -> None:
@@ -165,6 +167,16 @@ def test_reader_refuses_damaged_artifacts(exported: dict[str, Path], tmp_path: P
     elif damage == "ids":
         (v / S.USER_IDS).write_text(json.dumps([str(i) for i in range(N_USERS - 1)]), encoding="utf-8")
         _reseal(v, S.USER_IDS)
+    elif damage == "components":  # checksums fine, but the explanation no longer adds up to the score
+        comps = np.load(v / S.ITEM_COMPONENTS)
+        comps[0, 3, 0] += 0.5
+        np.save(v / S.ITEM_COMPONENTS, comps)
+        _reseal(v, S.ITEM_COMPONENTS)
+    elif damage == "nan":
+        users = np.load(v / S.USER_VECTORS)
+        users[1, 2] = np.nan
+        np.save(v / S.USER_VECTORS, users)
+        _reseal(v, S.USER_VECTORS)
     with pytest.raises(ArtifactError, match=message):
         store.load_artifact(v)
     r = runner.invoke(app, ["artifact", "verify", str(v)])

@@ -101,3 +101,78 @@ def test_loader_refuses_an_index_that_disagrees_with_the_manifest(tmp_path: Path
     (tmp_path / S.INDEX_COS).write_bytes(b"not a faiss index")
     with pytest.raises(ArtifactError, match="unreadable FAISS index"):
         load_index(tmp_path, "cosine", _manifest(50, 8, specs), use_gpu=False)
+
+
+class _FakeGpuFaiss:
+    """Stands in for faiss-gpu's entry points: no GPU can be had on CPU-only CI machines.
+
+    The "GPU copy" is a real CPU clone, marked so the test can tell which copy answered; an index type
+    listed in ``unsupported`` fails the copy the way faiss-gpu does for types without a GPU implementation.
+    """
+
+    def __init__(self, faiss_module: object, unsupported: tuple[str, ...] = ()) -> None:
+        self.faiss, self.unsupported, self.copies = faiss_module, unsupported, []
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(self.faiss, "StandardGpuResources", lambda: object(), raising=False)
+        monkeypatch.setattr(self.faiss, "get_num_gpus", lambda: 1)
+        monkeypatch.setattr(self.faiss, "index_cpu_to_gpu", self.to_gpu, raising=False)
+        monkeypatch.setattr(self.faiss, "GpuParameterSpace", self.faiss.ParameterSpace, raising=False)
+
+    def to_gpu(self, _res: object, device: int, index: object) -> object:
+        if type(index).__name__ in self.unsupported:
+            raise RuntimeError(f"{type(index).__name__} has no GPU implementation")
+        copy = self.faiss.clone_index(index)
+        self.copies.append((device, copy))
+        return copy
+
+
+def test_loader_moves_the_index_to_a_gpu_when_one_is_visible(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import faiss
+
+    from mrdib.artifact import faiss_io
+
+    items, users = _vectors(3000, 8), _vectors(10, 8, seed=1)  # more items than GPU_MAX_K
+    built = build_indexes(items, users, tmp_path, factory="IVF4,Flat", k=10)
+    m = _manifest(3000, 8, {k: b.spec for k, b in built.items()})
+    fake = _FakeGpuFaiss(faiss)
+    fake.install(monkeypatch)
+    auto = load_index(tmp_path, "ip", m)  # automatic: a GPU is visible, so the index goes to GPU 0
+    assert auto.on_gpu and auto.index is fake.copies[-1][1] and fake.copies[-1][0] == 0
+    assert auto.index.nprobe == m.indexes["ip"].search_params["nprobe"]  # params applied to the GPU copy too
+    # a k faiss-gpu refuses is served by the CPU copy, with the same answer
+    calls: list[str] = []
+    for name, idx in (("gpu", auto.index), ("cpu", auto.cpu_index)):
+        real = idx.search
+        monkeypatch.setattr(idx, "search", lambda q, k, _r=real, _n=name: calls.append(_n) or _r(q, k))
+    auto.search(users, 10)
+    auto.search(users, faiss_io.GPU_MAX_K + 1)
+    assert calls == ["gpu", "cpu"]
+    forced_cpu = load_index(tmp_path, "ip", m, use_gpu=False)
+    assert not forced_cpu.on_gpu and len(fake.copies) == 1
+    np.testing.assert_array_equal(forced_cpu.search(users, 10)[1], auto.search(users, 10)[1])
+
+
+def test_loader_keeps_gpu_less_index_types_on_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import faiss
+
+    items, users = _vectors(300, 8), _vectors(10, 8, seed=1)
+    built = build_indexes(items, users, tmp_path, factory="HNSW16", k=10)
+    m = _manifest(300, 8, {k: b.spec for k, b in built.items()})
+    _FakeGpuFaiss(faiss, unsupported=("IndexHNSWFlat",)).install(monkeypatch)
+    auto = load_index(tmp_path, "ip", m)
+    assert not auto.on_gpu and auto.index is auto.cpu_index
+    with pytest.raises(RuntimeError, match="no GPU implementation"):
+        load_index(tmp_path, "ip", m, use_gpu=True)  # asked for explicitly: the failure is not hidden
+
+
+def test_loader_refuses_a_required_gpu_that_is_not_there(tmp_path: Path) -> None:
+    import faiss
+
+    if faiss.get_num_gpus() > 0:
+        pytest.skip("a GPU is visible here")
+    items, users = _vectors(50, 8), _vectors(5, 8, seed=1)
+    built = build_indexes(items, users, tmp_path, factory=None, k=5)
+    m = _manifest(50, 8, {k: b.spec for k, b in built.items()})
+    with pytest.raises(ArtifactError, match="use_gpu=True but faiss has no GPU support"):
+        load_index(tmp_path, "ip", m, use_gpu=True)

@@ -255,7 +255,42 @@ def verify_artifact(path: Path) -> Manifest:
         if sha256_file(f) != entry.sha256:
             raise ArtifactError(f"{f}: checksum mismatch (corrupt or modified)")
     _check_shapes(path, m)
+    _check_contents(path)
     return m
+
+
+# Components are summed in float32 by the exporter; the sum may differ from the stored item vector by rounding.
+COMPONENT_SUM_ATOL = 1e-4
+_CHECK_ROWS = 65_536  # rows per chunk: bounds the memory of the content check on million-item catalogues
+
+
+def _check_contents(path: Path) -> None:
+    """Vectors are finite and the item components add up to the item vectors.
+
+    Checksums only prove the files are the ones the exporter wrote; this catches an exporter (or a
+    hand-assembled artifact) that wrote NaN or an explanation that does not explain the score --
+    the service would otherwise rank with garbage or report shares that sum to something else.
+    Arrays are memory-mapped and checked in chunks.
+    """
+    users = np.load(path / S.USER_VECTORS, mmap_mode="r", allow_pickle=False)
+    items = np.load(path / S.ITEM_VECTORS, mmap_mode="r", allow_pickle=False)
+    comps = np.load(path / S.ITEM_COMPONENTS, mmap_mode="r", allow_pickle=False)
+    for start in range(0, max(len(users), 1), _CHECK_ROWS):
+        if not np.isfinite(users[start : start + _CHECK_ROWS]).all():
+            raise ArtifactError(f"{path / S.USER_VECTORS}: NaN or inf in rows {start}..{start + _CHECK_ROWS - 1}")
+    for start in range(0, items.shape[0], _CHECK_ROWS):
+        block = np.asarray(items[start : start + _CHECK_ROWS])
+        if not np.isfinite(block).all():
+            raise ArtifactError(f"{path / S.ITEM_VECTORS}: NaN or inf in rows {start}..{start + len(block) - 1}")
+        total = np.asarray(comps[:, start : start + _CHECK_ROWS]).sum(0, dtype=np.float64)
+        err = np.abs(total - block)
+        tol = COMPONENT_SUM_ATOL * max(1.0, float(np.abs(block).max(initial=0.0)))
+        if not (err <= tol).all():  # also false for NaN components
+            row = start + int(np.nanargmax(np.where(np.isnan(err), np.inf, err).max(1)))
+            raise ArtifactError(
+                f"{path / S.ITEM_COMPONENTS}: components do not sum to the item vector (item row {row}, "
+                f"largest difference {np.nanmax(err):.3g}, tolerance {tol:.3g})"
+            )
 
 
 @dataclass(frozen=True)
