@@ -89,6 +89,14 @@ def check_user_tower(tower: UserTower, path: Path, histories: list[np.ndarray]) 
     return worst
 
 
+def onnx_user_vectors(path: Path, histories: np.ndarray, batch: int = 4096) -> np.ndarray:
+    """User vectors from the exported ONNX file itself (float32 [n, d]): the export's recorded tower figure
+    is then the figure of the file the service runs, not of its torch twin."""
+    sess = _session(path)
+    h = np.ascontiguousarray(histories, dtype=np.int64)
+    return np.concatenate([sess.run([USER_OUTPUT], {USER_INPUT: h[s : s + batch]})[0] for s in range(0, len(h), batch)])
+
+
 @torch.no_grad()
 def check_item_tower(tower: ItemTower, path: Path, batches: list[dict[str, np.ndarray]]) -> float:
     """Max abs difference between ONNX Runtime and torch over each {modality: float32 [b, d_m]} batch."""

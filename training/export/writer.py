@@ -176,8 +176,13 @@ def build_user_tower(
 ) -> dict[str, float]:
     """Fit, export and check the user tower; returns its tower_metrics entries."""
     from training.export.evaluate import recall_at_k
-    from training.export.onnx_export import check_user_tower, export_user_tower, random_history_batches
-    from training.export.towers import TowerFitConfig, fit_user_tower, user_histories, user_tower_vectors
+    from training.export.onnx_export import (
+        check_user_tower,
+        export_user_tower,
+        onnx_user_vectors,
+        random_history_batches,
+    )
+    from training.export.towers import TowerFitConfig, fit_user_tower, user_histories
 
     k = opts.recall_k
     t0 = time.perf_counter()
@@ -196,7 +201,7 @@ def build_user_tower(
         raise ExportError(f"{path}: ONNX and torch user towers differ by {diff:.2e} (> {tol:.2e})")
     test, seen = ds.csr(TEST), ds.csr(TRAIN)  # the project's protocol: mask training items only
     learned = recall_at_k(emb.user, emb.item, test, seen, k)
-    towered = recall_at_k(user_tower_vectors(tower, hist), emb.item, test, seen, k)
+    towered = recall_at_k(onnx_user_vectors(path, hist), emb.item, test, seen, k)  # the file the service runs
     return _finite(
         {
             f"user_tower_test_recall@{k}": towered,
