@@ -5,8 +5,8 @@
 
 - The service runs as a SUBPROCESS (`uvicorn --factory service.api:create_app --workers N`) over one
   published artifact: `--artifacts ROOT` (e.g. what `mrdib train` + export published) or, by default, a
-  synthetic artifact of ml-100k's shape from `tests._service_helpers.build_artifact` (1,682 items, 943 users,
-  d=64; planted clusters, mean-pooling user tower), stated in the report.
+  planted (hand-made, untrained) artifact of ml-100k's shape from `bench.planted_artifact` (1,682 items, 943
+  users, d=64; planted clusters, mean-pooling user tower), stated in the report.
 - Redis: a private `redis-server` on its own loopback port with `appendonly yes` + `appendfsync everysec`
   (events are also measured with `appendfsync always`, set at runtime with CONFIG SET).
 - Load: `wrk` (Debian package) in its own process, one Lua script per scenario (POST bodies, unique event
@@ -500,9 +500,10 @@ def handler_cpu(target: str, pythonpath: Path, rs: RedisServer, prefix: str, tmp
 
 def build_synthetic(root: Path) -> str:
     sys.path.insert(0, str(REPO))
-    from tests._service_helpers import build_artifact
+    from bench.planted_artifact import build_planted_artifact
 
-    return build_artifact(root, n_items=1682, n_users=943, dim=64, n_clusters=19, history_len=20, max_history=50)
+    return build_planted_artifact(root, n_items=1682, n_users=943, dim=64, n_clusters=19, history_len=20,
+                                  max_history=50)
 
 
 def served_artifact(root: Path) -> LoadedArtifact:
@@ -610,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
             root = tmp / "artifacts"
             build_synthetic(root)
             art = served_artifact(root)
-            source = ("synthetic artifact of ml-100k's shape (`tests._service_helpers.build_artifact`: 1,682 items, "
+            source = ("planted artifact of ml-100k's shape (`bench.planted_artifact`: 1,682 items, "
                       "943 users, d=64, 19 planted clusters, mean-pooling ONNX user tower, Flat indexes) -- the "
                       "train+export pipeline was not used")
         prefix = f"bench{os.getpid()}:"

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Literal
 
 import faiss
 import numpy as np
@@ -28,15 +29,25 @@ from service.items import ItemLogUnavailable, LocalItemLog, RedisItemLog
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import LatencyMetrics, RequestGuard
-from service.model_store import ModelStore, NoModelError, NonFiniteItemVector, ServingModel, cancel_quietly
+from service.model_store import (
+    ItemChangeResult,
+    ModelStore,
+    NoModelError,
+    NonFiniteItemVector,
+    ServingModel,
+    cancel_quietly,
+)
 from service.redis_link import REDIS_DOWN, RedisLink
 from service.schemas import (
     MAX_K,
     ErrorOut,
     EventAccepted,
     EventIn,
+    HealthOut,
     ItemChanged,
     ItemIn,
+    ModelOut,
+    ReadyOut,
     RecommendRequest,
     RecommendResponse,
     ReloadOut,
@@ -45,6 +56,16 @@ from service.schemas import (
 from service.settings import Settings, get_settings
 
 log = structlog.get_logger("mrdib.service.api")
+
+
+def limit_faiss_threads(n: int) -> None:
+    """Cap faiss searches made from the calling thread at `n` OpenMP threads.
+
+    OpenMP keeps this count per thread (it is an ICV of the thread's implicit task): a call on one thread does
+    not limit searches made from another, whose count stays the default (every core, or OMP_NUM_THREADS). So
+    it is called in every thread that searches: each thread of the CPU pool (its initializer) and the event-loop
+    thread (small searches run inline, see recommender.py), at startup."""
+    faiss.omp_set_num_threads(n)
 
 
 @dataclass
@@ -63,10 +84,12 @@ class AppContext:
     @classmethod
     def build(cls, settings: Settings) -> AppContext:
         metrics = Metrics()
-        faiss.omp_set_num_threads(settings.faiss_threads)
+        pool = ThreadPoolExecutor(max_workers=settings.cpu_threads, thread_name_prefix="mrdib-cpu",
+                                  initializer=limit_faiss_threads, initargs=(settings.faiss_threads,))
         history = LocalHistory(settings.history_cap, settings.lru_size)
         link = RedisLink(settings, metrics) if settings.redis_url else None
-        store = ModelStore(settings, metrics, RedisItemLog(link) if link is not None else LocalItemLog())
+        item_log = RedisItemLog(link, settings.item_wal_file) if link is not None else LocalItemLog()
+        store = ModelStore(settings, metrics, item_log, pool)
         events_box: list[EventSink] = []
         if link is not None:
             state: UserStateStore = RedisUserState(link, history, settings.user_vector_ttl_s, settings.history_cap,
@@ -77,10 +100,11 @@ class AppContext:
             state = LocalUserState(settings.lru_size, history)
         events = EventSink(settings, metrics, link, history, state.forget_local)
         events_box.append(events)
-        pool = ThreadPoolExecutor(max_workers=settings.cpu_threads, thread_name_prefix="mrdib-cpu")
         return cls(settings, metrics, store, state, events, link, pool)
 
     async def start(self) -> None:
+        """Runs on the event-loop thread (lifespan): the place to set what OpenMP keeps per thread."""
+        limit_faiss_threads(self.settings.faiss_threads)
         if self.link is not None and await self.link.probe():
             try:  # admin item changes made before this worker started: in the first overlay already
                 await self.store.sync_items()
@@ -165,6 +189,20 @@ COMMON_ERRORS = _errors(s400="malformed JSON body or invalid Content-Length", s4
 ADMIN_ERRORS = _errors(s401="no bearer token", s403="wrong token, or admin routes disabled")
 
 
+ITEM_PENDING = {
+    202: {"model": ItemChanged, "description": "Redis down: applied here and kept in the local item WAL "
+                                               "(`pending_sync: true`), replayed into Redis when it is back"},
+    **_errors(s503="neither Redis nor the local item WAL could record the change (disk failure)"),
+}
+
+
+def _item_changed(done: ItemChangeResult, item_id: str, status: Literal["indexed", "deleted"]) -> JSONResponse:
+    """200 when the change is in Redis (every worker applies it), 202 while it waits in the local item WAL."""
+    out = ItemChanged(model_version=done.model.version, item_id=item_id, status=status,
+                      side_index_size=len(done.model.overlay.side_ids), pending_sync=done.pending_sync)
+    return JSONResponse(out.model_dump(), status_code=202 if done.pending_sync else 200)
+
+
 def _items(items: list[recommender.Scored]) -> list[dict]:
     return [{"item_id": s.item_id, "score": s.score} if s.explain is None
             else {"item_id": s.item_id, "score": s.score, "explain": s.explain} for s in items]
@@ -225,10 +263,12 @@ def add_routes(app: FastAPI) -> None:
         return EventAccepted(event_id=event.event_id, durable_in=sink)
 
     @app.put("/items/{item_id}", response_model=ItemChanged, dependencies=[Depends(admin_dep)],
-             responses={**ADMIN_ERRORS, **_errors(s503="Redis down: the change could not reach every worker")})
+             responses={**ADMIN_ERRORS, **ITEM_PENDING})
     async def put_item(body: ItemIn, item_id: str = Path(min_length=1, max_length=256),
-                       ctx: AppContext = Depends(ctx_dep), model: ServingModel = Depends(model_dep)) -> ItemChanged:
-        """Add or change an item from its modality features; searchable at once (side index)."""
+                       ctx: AppContext = Depends(ctx_dep), model: ServingModel = Depends(model_dep)) -> JSONResponse:
+        """Add or change an item from its modality features; searchable at once (side index).
+
+        200 when shared through Redis; 202 with `pending_sync: true` when Redis is down (see ItemChanged)."""
         dims = model.modality_dims()
         missing, extra = sorted(set(dims) - set(body.features)), sorted(set(body.features) - set(dims))
         if missing or extra:
@@ -240,30 +280,29 @@ def add_routes(app: FastAPI) -> None:
                 f"{m} has {got}, expected {want}" for m, (got, want) in sorted(wrong.items())))
         feats = {m: np.asarray(v, dtype=np.float32) for m, v in body.features.items()}
         try:
-            model = await ctx.store.put_item(item_id, feats)
+            done = await ctx.store.put_item(item_id, feats)
         except NonFiniteItemVector as e:
             raise HTTPException(422, f"features: {e}") from None
         except ItemLogUnavailable as e:
             raise HTTPException(503, str(e)) from None
-        log.info("item_put", item_id=item_id, model_version=model.version)
-        return ItemChanged(model_version=model.version, item_id=item_id, status="indexed",
-                           side_index_size=len(model.overlay.side_ids))
+        log.info("item_put", item_id=item_id, model_version=done.model.version, pending_sync=done.pending_sync)
+        return _item_changed(done, item_id, "indexed")
 
     @app.delete("/items/{item_id}", response_model=ItemChanged, dependencies=[Depends(admin_dep)],
-                responses={**ADMIN_ERRORS, **_errors(s404="unknown item id",
-                                                     s503="Redis down: the change could not reach every worker")})
+                responses={**ADMIN_ERRORS, **_errors(s404="unknown item id"), **ITEM_PENDING})
     async def delete_item(item_id: str = Path(min_length=1, max_length=256), ctx: AppContext = Depends(ctx_dep),
-                          _model: ServingModel = Depends(model_dep)) -> ItemChanged:
-        """Hide an item from every result (kept across model versions until it is PUT again)."""
+                          _model: ServingModel = Depends(model_dep)) -> JSONResponse:
+        """Hide an item from every result (kept across model versions until it is PUT again).
+
+        200 when shared through Redis; 202 with `pending_sync: true` when Redis is down (see ItemChanged)."""
         try:
-            model, known = await ctx.store.delete_item(item_id)
+            done = await ctx.store.delete_item(item_id)
         except ItemLogUnavailable as e:
             raise HTTPException(503, str(e)) from None
-        if not known:
+        if not done.known:
             raise HTTPException(404, f"unknown item id {item_id!r}")
-        log.info("item_deleted", item_id=item_id, model_version=model.version)
-        return ItemChanged(model_version=model.version, item_id=item_id, status="deleted",
-                           side_index_size=len(model.overlay.side_ids))
+        log.info("item_deleted", item_id=item_id, model_version=done.model.version, pending_sync=done.pending_sync)
+        return _item_changed(done, item_id, "deleted")
 
     @app.post("/admin/reload", response_model=ReloadOut, dependencies=[Depends(admin_dep)],
               responses={**ADMIN_ERRORS, 409: {"model": ReloadOut, "description": "the candidate was refused"}})
@@ -273,12 +312,13 @@ def add_routes(app: FastAPI) -> None:
         out = ReloadOut(status=r.status, model_version=r.model_version, candidate=r.candidate, error=r.error)
         return JSONResponse(out.model_dump(), status_code=409 if r.status == "refused" else 200)
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=HealthOut)
     async def healthz() -> dict:
         """Alive (the event loop answers)."""
         return {"status": "alive"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", response_model=ReadyOut,
+             responses={503: {"model": ReadyOut, "description": "no model loaded yet (same body, status no_model)"}})
     async def readyz(ctx: AppContext = Depends(ctx_dep)) -> JSONResponse:
         """Ready when a model is loaded; Redis state reported, never a reason to be unready."""
         model = ctx.store.current
@@ -292,7 +332,7 @@ def add_routes(app: FastAPI) -> None:
         ctx.metrics.event_backlog.set(ctx.events.backlog)
         return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/model")
+    @app.get("/model", response_model=ModelOut)
     async def model_info(ctx: AppContext = Depends(ctx_dep), model: ServingModel = Depends(model_dep)) -> dict:
         """Manifest summary plus the devices really in use."""
         m = model.manifest

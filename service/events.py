@@ -13,7 +13,8 @@ An accepted event (HTTP 202) is never lost and never duplicated:
   appended as one JSON line to the WAL file and fsync'ed before the 202.
 * A background task probes Redis and, once it is back, replays the WAL through the same
   script (the dedupe key makes a replay after a crash mid-replay harmless), then truncates it.
-  An flock on the file serialises appends and replay across worker processes.
+  An flock on the file serialises appends and replay across worker processes (service/wal.py, shared
+  with the admin item changes of items.py).
 
 Without REDIS_URL the same file is simply the event log of the embedded service.
 """
@@ -21,12 +22,9 @@ Without REDIS_URL the same file is simply the event log of the embedded service.
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import os
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -35,6 +33,7 @@ from service.cache import LocalHistory
 from service.metrics import Metrics
 from service.redis_link import REDIS_DOWN, RedisLink
 from service.settings import Settings
+from service.wal import WalFile
 
 log = structlog.get_logger("mrdib.service.events")
 
@@ -83,38 +82,6 @@ class Event(BaseModel):
     def fields(self) -> list[str]:
         return ["event_id", self.event_id, "user_id", self.user_id, "item_id", self.item_id,
                 "type", self.type, "ts", self.ts.isoformat()]
-
-
-class WalFile:
-    """Append-only JSON-lines file with fsync; flock makes it safe across processes."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    def append(self, line: str) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        created = not self.path.exists()
-        with open(self.path, "a", encoding="utf-8") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                f.write(line + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-        if created:
-            fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-    def count(self) -> int:
-        try:
-            with open(self.path, "rb") as f:
-                return sum(1 for line in f if line.strip())
-        except FileNotFoundError:
-            return 0
 
 
 class GroupCommit:
@@ -244,10 +211,9 @@ class EventSink:
         if self.link is None:
             return 0
         async with self._lock:
-            f = await asyncio.to_thread(self._open_locked)
+            wal = await asyncio.to_thread(self.wal.locked)
             try:
-                f.seek(0)
-                lines = [ln for ln in f.read().splitlines() if ln.strip()]
+                lines = await asyncio.to_thread(wal.lines)
                 done = 0
                 for n, line in enumerate(lines, 1):
                     try:
@@ -261,24 +227,14 @@ class EventSink:
                     fresh = await self._apply(event)  # raises REDIS_DOWN -> keep the whole file
                     self.metrics.replayed.labels(result="applied" if fresh else "duplicate").inc()
                     done += 1
-                f.seek(0)
-                f.truncate()
-                f.flush()
-                os.fsync(f.fileno())
+                await asyncio.to_thread(wal.clear)
                 self.backlog = 0
                 self.metrics.event_backlog.set(0)
                 if lines:
                     log.info("wal_replayed", events=done, file=str(self.wal.path))
                 return done
             finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-                f.close()
-
-    def _open_locked(self):
-        self.wal.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.wal.path, "a+", encoding="utf-8")  # noqa: SIM115 (closed by replay)
-        fcntl.flock(f, fcntl.LOCK_EX)
-        return f
+                wal.close()
 
     async def monitor(self) -> None:
         """Probe Redis and replay the WAL whenever it is reachable and has a backlog (runs forever)."""

@@ -33,6 +33,11 @@ class Metrics:
         self.redis_up = Gauge("mrdib_redis_up", "1 when Redis answers, 0 when degraded (or not configured)",
                               registry=r)
         self.redis_errors = Counter("mrdib_redis_errors_total", "Redis operations that failed", ["op"], registry=r)
+        self.redis_pool_exhausted = Counter(
+            "mrdib_redis_pool_exhausted_total", "Redis operations that found no free pooled connection in time "
+            "(served locally; Redis is not marked down)", ["op"], registry=r)
+        self.item_changes_pending = Gauge(
+            "mrdib_item_changes_pending", "admin item changes in the local WAL not yet in Redis", registry=r)
         self.event_batch = Histogram("mrdib_event_batch_size", "events per pipelined Redis round trip (group commit)",
                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024), registry=r)
         self.reloads = Counter("mrdib_model_reloads_total", "model load attempts", ["result"], registry=r)

@@ -11,6 +11,11 @@ every worker, or in-process) and are applied as an overlay that survives swaps: 
 items are kept so that each version embeds them with its own item tower (cached per version). A put
 item that a version's catalogue contains and that was put before that version was created is left
 to the catalogue (retraining took it in); one put after it overrides the catalogue row.
+
+The item tower and overlay rebuilds are CPU work of the request path: they run in the app's bounded
+pool (`MRDIB_CPU_THREADS`, the threads whose onnxruntime/faiss thread counts are set), not in asyncio's
+default pool. Loading a version (reading and hashing files, seconds) stays in asyncio's default pool, so
+that it never occupies a thread that requests wait for.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import structlog
@@ -35,6 +42,7 @@ from service.settings import Settings
 from service.towers import ItemTower, UserTower
 
 log = structlog.get_logger("mrdib.service.model")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,16 @@ def load_serving_model(path: Path, settings: Settings) -> ServingModel:
 
 
 @dataclass(frozen=True)
+class ItemChangeResult:
+    """What an admin item change did: the version it was applied to, whether the id was known, and whether it
+    waits in the local item WAL for Redis (applied by this host's workers, not yet by the others)."""
+
+    model: ServingModel
+    known: bool
+    pending_sync: bool
+
+
+@dataclass(frozen=True)
 class ReloadResult:
     status: str  # "loaded" | "unchanged" | "refused" | "empty"
     model_version: str | None
@@ -143,9 +161,11 @@ class ReloadResult:
 class ModelStore:
     """The served model reference, its loader, poller and the admin overlay."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, item_log: ItemChangeLog | None = None):
+    def __init__(self, settings: Settings, metrics: Metrics, item_log: ItemChangeLog | None = None,
+                 pool: Executor | None = None):
         self.settings = settings
         self.metrics = metrics
+        self.pool = pool  # the app's bounded CPU pool; None = asyncio's default one (tests of this class alone)
         self.current: ServingModel | None = None
         self.refused: dict[str, str] = {}
         self._load_lock = asyncio.Lock()
@@ -182,7 +202,7 @@ class ModelStore:
             except (ArtifactError, OSError, ValueError) as e:
                 return self._refuse(candidate, str(e), served)
             async with self._overlay_lock:
-                model.overlay = await asyncio.to_thread(self._build_overlay, model, self.changes)
+                model.overlay = await self._cpu(self._build_overlay, model, self.changes)
                 self.current = model  # the swap: one reference assignment
             self.refused.pop(candidate, None)
             self.metrics.reloads.labels(result="loaded").inc()
@@ -241,20 +261,24 @@ class ModelStore:
         hidden = {model.item_row[i] for i in (*ids, *changes.deleted) if i in model.item_row}
         return Overlay.build(tuple(ids), side, np.array(sorted(hidden), dtype=np.int64), frozenset(changes.deleted))
 
+    async def _cpu(self, fn: Callable[..., T], *args: object) -> T:
+        """Run blocking CPU work (item tower, overlay build) in the app's bounded pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
     async def _apply(self, model: ServingModel, changes: ItemChanges) -> None:
         """Swap in the overlay of `changes` (caller holds the overlay lock)."""
-        model.overlay = await asyncio.to_thread(self._build_overlay, model, changes)
+        model.overlay = await self._cpu(self._build_overlay, model, changes)
         self.changes = changes
         self.metrics.index_size.labels(index="side").set(len(model.overlay.side_ids))
 
-    async def put_item(self, item_id: str, features: dict[str, np.ndarray]) -> ServingModel:
+    async def put_item(self, item_id: str, features: dict[str, np.ndarray]) -> ItemChangeResult:
         """Make `item_id` searchable with vectors from the item tower (new or changed item).
 
         Raises NonFiniteItemVector (nothing recorded) when the tower's output is not finite, and
-        items.ItemLogUnavailable when the change cannot be shared with the other workers."""
+        items.ItemLogUnavailable when neither Redis nor the local item WAL could record the change."""
         async with self._overlay_lock:
             model = self._require()
-            vec = await asyncio.to_thread(model.item_tower.embed, features)
+            vec = await self._cpu(model.item_tower.embed, features)
             bad = int((~np.isfinite(vec)).sum())
             if bad:
                 raise NonFiniteItemVector(f"the item tower of model {model.version} turned these features into a "
@@ -262,24 +286,24 @@ class ModelStore:
                                           "not indexed (features far outside the training range?)")
             changes = await self.item_log.put(item_id, features)
             await self._apply(model, changes)
-            return model
+            return ItemChangeResult(model, True, changes.pending > 0)
 
-    async def delete_item(self, item_id: str) -> tuple[ServingModel, bool]:
-        """Hide `item_id` from every result. Returns (model, whether the id was known)."""
+    async def delete_item(self, item_id: str) -> ItemChangeResult:
+        """Hide `item_id` from every result (`known`: whether the id was a catalogue or side item)."""
         async with self._overlay_lock:
             model = self._require()
             changes, was_side = await self.item_log.delete(item_id)
             await self._apply(model, changes)
-            return model, was_side or item_id in model.item_row
+            return ItemChangeResult(model, was_side or item_id in model.item_row, changes.pending > 0)
 
     async def sync_items(self) -> bool:
         """Apply item changes other workers made (True when something changed). One cheap GET when nothing did."""
-        changes = await self.item_log.newer_than(self.changes.version)
+        changes = await self.item_log.newer_than(self.changes)
         if changes is None:
             return False
         async with self._overlay_lock:
             # Re-read under the lock: a PUT of this worker may have applied a newer snapshot meanwhile.
-            changes = await self.item_log.newer_than(self.changes.version)
+            changes = await self.item_log.newer_than(self.changes)
             if changes is None:
                 return False
             model = self.current
@@ -288,7 +312,7 @@ class ModelStore:
             else:
                 await self._apply(model, changes)
         log.info("item_changes_applied", version=changes.version, side=len(changes.side),
-                 deleted=len(changes.deleted))
+                 deleted=len(changes.deleted), pending=changes.pending)
         return True
 
     async def sync_items_forever(self, interval: float, on_error: Callable[[BaseException], None]) -> None:

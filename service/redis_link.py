@@ -5,6 +5,11 @@ briefly for a connection instead of opening unbounded sockets, and a dead Redis 
 one timeout before the link is marked down. While down, callers skip Redis entirely (no timeout
 per request) and serve locally; a background probe (`events.EventSink.monitor`) marks it up
 again. No Redis failure ever propagates as an exception from this module's helpers.
+
+A full pool is not a dead Redis: when a burst of requests is larger than the pool, the ones that find no
+free connection within `MRDIB_REDIS_POOL_TIMEOUT_S` get `PoolExhausted`. It is a Redis error like the
+others for the caller (which serves that request locally), but `mark_down` does not mark the link down
+for it: otherwise one burst would switch every later request to degraded mode until the next probe.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import asyncio
 
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from service.metrics import Metrics
@@ -24,6 +31,27 @@ log = structlog.get_logger("mrdib.service.redis")
 REDIS_DOWN = (RedisError, OSError, asyncio.TimeoutError, ConnectionError)
 
 
+class PoolExhausted(RedisConnectionError):
+    """No pooled connection became free within the pool timeout: the service is busy, Redis is not down."""
+
+
+class BoundedPool(aioredis.BlockingConnectionPool):
+    """redis-py's blocking pool, raising `PoolExhausted` (not a plain ConnectionError) when the wait times out.
+
+    redis-py reports that timeout as ``ConnectionError("No connection available.")`` raised from the
+    asyncio timeout of the wait, the same class as a refused connection; the cause tells them apart (a
+    failed connect is a redis-py error or an OSError, never a bare asyncio timeout)."""
+
+    async def get_connection(self, *args: object, **kwargs: object) -> AbstractConnection:
+        try:
+            return await super().get_connection(*args, **kwargs)
+        except RedisConnectionError as e:
+            if isinstance(e.__cause__, asyncio.TimeoutError) and not isinstance(e.__cause__, RedisError):
+                raise PoolExhausted(f"no free Redis connection within {self.timeout} s "
+                                    f"({self.max_connections} pooled)") from e
+            raise
+
+
 class RedisLink:
     """One client + pool, key naming, and whether Redis is currently believed reachable."""
 
@@ -31,7 +59,7 @@ class RedisLink:
         assert settings.redis_url, "RedisLink needs REDIS_URL"
         self.settings = settings
         self.metrics = metrics
-        self.pool = aioredis.BlockingConnectionPool.from_url(
+        self.pool = BoundedPool.from_url(
             settings.redis_url,
             max_connections=settings.redis_pool_size,
             timeout=settings.redis_pool_timeout_s,
@@ -75,6 +103,11 @@ class RedisLink:
         return self.settings.stream
 
     def mark_down(self, op: str, exc: BaseException) -> None:
+        """Record a failed Redis operation; the link goes down unless the pool was merely full."""
+        if isinstance(exc, PoolExhausted):
+            self.metrics.redis_pool_exhausted.labels(op=op).inc()
+            log.debug("redis_pool_exhausted", op=op, error=str(exc))
+            return
         self.metrics.redis_errors.labels(op=op).inc()
         if self.up:
             log.warning("redis_down", op=op, error=f"{type(exc).__name__}: {exc}")

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, field_validator
 
+from mrdib.artifact.schema import IndexSpec
 from service.events import EVENT_TYPE_RE
 
 # Constraints live in the type (not in a validator) so that they appear in the OpenAPI schema: clients and
@@ -118,6 +119,49 @@ class ItemChanged(BaseModel):
     item_id: str
     status: Literal["indexed", "deleted"]
     side_index_size: int
+    pending_sync: bool = Field(
+        default=False,
+        description="true (HTTP 202): Redis was down, so the change is applied by this worker (and the workers of "
+                    "its host), kept durably in the local item WAL and replayed into Redis when it is back; the "
+                    "workers of other hosts see it then. false (HTTP 200): in Redis, every worker applies it "
+                    "within MRDIB_ITEM_SYNC_INTERVAL_S")
+
+
+class HealthOut(BaseModel):
+    status: Literal["alive"]
+
+
+class ReadyOut(BaseModel):
+    """Body of /readyz, 200 (a model is loaded) and 503 (none yet) alike. Redis is reported, never a reason to be
+    unready: without it the service computes locally."""
+
+    status: Literal["ready", "no_model"]
+    model_version: str | None
+    redis: Literal["ok", "degraded", "disabled"] = Field(description="disabled: REDIS_URL unset")
+    event_backlog: int = Field(description="accepted events in the local WAL, not yet in Redis")
+
+
+class ModelOut(BaseModel):
+    """Summary of the served version's manifest, plus what this process really runs it on."""
+
+    model_version: str
+    created_at: str = Field(description="ISO 8601")
+    backbone: str
+    mrdib: bool = Field(description="trained with the MRdIB plug-in")
+    modalities: dict[str, int] = Field(description="modality name -> feature dim (what PUT /items expects)")
+    embedding_dim: int
+    n_users: int
+    n_items: int
+    max_history: int
+    components: list[str] = Field(description="score components of `explain`")
+    metrics: dict[str, dict[str, float]] = Field(description="split -> metric -> value, from the export")
+    indexes: dict[str, IndexSpec]
+    onnx_providers: dict[str, list[str]] = Field(description="tower -> execution providers really active")
+    faiss_device: str
+    gpus_visible_to_faiss: int
+    side_index_size: int = Field(description="items added by PUT and not yet in a trained version")
+    hidden_items: int = Field(description="items hidden by DELETE")
+    refused_versions: dict[str, str] = Field(description="version -> why it failed verification")
 
 
 class ReloadOut(BaseModel):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -47,6 +47,9 @@ class Settings(BaseSettings):
         default=256, ge=1, le=10_000, description="most events sent to Redis in one pipelined round trip "
                                                   "(group commit, see service/events.py); 1 = one call each")
     wal_path: Path = Field(default=Path("events.wal.jsonl"), description="local event file / write-ahead log")
+    item_wal_path: Path | None = Field(
+        default=None, description="with Redis: write-ahead file of admin item changes accepted while Redis was down "
+                                  "(replayed when it is back); unset = beside `wal_path`, see `item_wal_file`")
 
     cpu_threads: int = Field(default=4, ge=1, description="size of the thread pool running ONNX and FAISS")
     ort_intra_threads: int = Field(default=1, ge=1, description="onnxruntime intra-op threads per session")
@@ -69,6 +72,23 @@ class Settings(BaseSettings):
         default=True, description="after each model load, collect once and gc.freeze() the survivors so that "
                                   "full GC passes stop stalling requests (see service/heap.py)")
     log_level: str = Field(default="INFO")
+
+    @model_validator(mode="after")
+    def _distinct_wal_files(self) -> Settings:
+        """Events and item changes have different line formats: one file for both would make each replay
+        reject the other's lines."""
+        if self.item_wal_file.resolve() == self.wal_path.resolve():
+            raise ValueError(f"item_wal_path must differ from wal_path ({self.wal_path})")
+        return self
+
+    @property
+    def item_wal_file(self) -> Path:
+        """Where pending admin item changes go: `item_wal_path`, or `<wal_path stem>.items<suffix>` beside the
+        event WAL, so that the workers of one host (which share `wal_path`) share it too and each of them
+        applies the changes any of them accepted while Redis was down."""
+        if self.item_wal_path is not None:
+            return self.item_wal_path
+        return self.wal_path.with_name(f"{self.wal_path.stem}.items{self.wal_path.suffix or '.jsonl'}")
 
 
 @lru_cache(maxsize=1)

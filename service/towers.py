@@ -13,16 +13,25 @@ session's declared inputs instead of hard-coding one layout:
 
 The device is chosen here, once: the CUDA execution provider when onnxruntime-gpu is installed,
 a GPU is visible and `use_gpu` is set; the providers the session really activated are reported.
+onnxruntime falls back to CPU silently (a missing CUDA library, a driver mismatch): when an accelerator
+was asked for and is not active, or `use_gpu` is set and a GPU is present but this onnxruntime has no
+CUDA provider at all, a warning names the requested and the active providers (`check_providers`).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import structlog
 
 from mrdib.artifact.schema import ArtifactError
+
+log = structlog.get_logger("mrdib.service.towers")
+CPU = "CPUExecutionProvider"
 
 _ORT_DTYPES = {
     "tensor(bool)": np.bool_,
@@ -36,8 +45,33 @@ def choose_providers(use_gpu: bool) -> list[str]:
     """Providers to ask for, best first; CPU is always the last resort."""
     available = ort.get_available_providers()
     if use_gpu and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+        return ["CUDAExecutionProvider", CPU]
+    return [CPU]
+
+
+def gpu_present() -> bool:
+    """An NVIDIA GPU is visible to this process (device node present and not hidden by CUDA_VISIBLE_DEVICES)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return False
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def check_providers(model: Path, requested: Sequence[str], active: Sequence[str], gpu_expected: bool) -> list[str]:
+    """Warn when the session runs on fewer devices than intended; returns the accelerators that are missing.
+
+    Two cases: an accelerator provider was requested but the session did not activate it (onnxruntime
+    then runs on CPU without an error), or `gpu_expected` (use_gpu set, a GPU present) while only CPU was
+    requested because this onnxruntime build has no CUDA provider (onnxruntime instead of onnxruntime-gpu)."""
+    missing = [p for p in requested if p != CPU and p not in active]
+    if missing:
+        log.warning("onnx_provider_fallback", model=str(model), requested=list(requested), active=list(active),
+                    missing=missing, hint="the tower runs on the active providers; check the CUDA/cuDNN libraries")
+    elif gpu_expected and all(p == CPU for p in requested):
+        missing = ["CUDAExecutionProvider"]
+        log.warning("onnx_gpu_unused", model=str(model), requested=list(requested), active=list(active),
+                    available=ort.get_available_providers(),
+                    hint="a GPU is present but this onnxruntime has no CUDA provider: install onnxruntime-gpu")
+    return missing
 
 
 def _session(path: Path, intra_threads: int, use_gpu: bool) -> ort.InferenceSession:
@@ -45,10 +79,13 @@ def _session(path: Path, intra_threads: int, use_gpu: bool) -> ort.InferenceSess
     opts.intra_op_num_threads = intra_threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    requested = choose_providers(use_gpu)
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=choose_providers(use_gpu))
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=requested)
     except Exception as e:  # onnxruntime raises its own exception types for bad models
         raise ArtifactError(f"{path}: onnxruntime cannot load the model: {e}") from e
+    check_providers(path, requested, sess.get_providers(), gpu_expected=use_gpu and gpu_present())
+    return sess
 
 
 class UserTower:

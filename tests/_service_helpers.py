@@ -1,15 +1,22 @@
-"""Test support for the service: a small valid artifact, a real uvicorn server, a private Redis.
+"""Test support for the service: a real trained artifact, a real uvicorn server, a private Redis.
 
-`build_artifact` is the single seam the lead may later swap for the real pipeline
-(synth data -> mrdib train -> mrdib export): the tests only rely on what the artifact schema
-promises, plus the planted structure documented below.
+The artifact is what production serves, made the way production makes it, once per test session
+(`TrainedArtifacts.train`, behind the session fixtures `trained_artifacts` / `build_artifact` of
+tests/conftest.py): a small synthetic catalogue from the project's generator (training.data.synth, what
+`mrdib data synth` writes), FREEDOM + MRdIB trained for a few epochs by the real trainer
+(training.trainer.train, what `mrdib train` runs), exported by the real exporter (training.export.run_export,
+what `mrdib export` runs: fitted ONNX towers, FAISS indexes, published through mrdib.artifact.store). That
+takes a few seconds of CPU, so each test then gets *copies* of it published under its own root with fresh
+version ids (`TrainedArtifacts.publish`), which tests may corrupt or delete at will.
 
-Planted structure (so tests can assert behaviour, not just shapes): items fall into `n_clusters`
-clusters; an item vector is its cluster centre plus small noise; user u likes cluster
-u % n_clusters, has that cluster's centre as its trained vector and its training history is
-`history_len` items of that cluster. The user tower is the masked mean of the history's item
-vectors, so a history in cluster c recommends cluster c. Item ids are "i<row>", user ids "u<row>",
-and the cluster of item row r is r % n_clusters. Item "i0" is the most popular.
+Two models are trained (same data, different training seeds), so tests that swap versions can tell them
+apart by their answers, not only by their version ids: `publish(root, seed=s)` serves model `s % 2`.
+
+Nothing about the artifact is planted: tests read what they assert from the artifact itself
+(`mrdib.artifact.store.load_artifact`: ids, vectors, popularity, training histories) and check answers
+against exact search over its vectors (`assert_topk`) and its own ONNX user tower run directly in
+onnxruntime (`user_tower_vector`). The few facts fixed by the configuration below (sizes, modality dims,
+component names) are checked against the exported manifest when it is built.
 """
 
 from __future__ import annotations
@@ -21,127 +28,188 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-import faiss
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from mrdib.artifact import schema as S
-from mrdib.artifact.store import publish, staging_dir
+from mrdib.artifact.store import LoadedArtifact, load_artifact, publish, read_manifest, staging_dir
 
+# The synthetic catalogue (training.data.synth.SynthConfig fields). 200 items and 60 users keep training at
+# a fraction of a second while leaving every test enough users, items and history to work with; the
+# modality dims are the ones the tests' feature bodies use.
+N_USERS, N_ITEMS = 60, 200
 MODALITIES = {"text": 8, "image": 6}
-COMPONENTS = ["collaborative", "shared", "unique:text", "unique:image", "synergy"]
+SYNTH: dict[str, Any] = dict(
+    name="service_tests", seed=5, n_users=N_USERS, n_items=N_ITEMS, n_interactions=1800,
+    modalities=list(MODALITIES), dims=list(MODALITIES.values()),
+    n_redundant=2, n_unique=2, n_synergy=1, n_noise=1,
+)
+# FREEDOM + MRdIB, small and short: what the issue asks the service to serve, at test size.
+TRAIN: dict[str, Any] = {
+    "device": "cpu", "threads": 1, "epochs": 5, "patience": 50, "batch_size": 256, "lr": 0.01, "topk": [10, 20],
+    "backbone.name": "freedom", "backbone.embedding_dim": 16,
+    "mrdib.enabled": True, "mrdib.hidden_dim": 16, "mrdib.shared_dim": 8, "mrdib.unique_dim": 8,
+    "mrdib.synergy_dim": 8, "mrdib.latent_dim": 16, "mrdib.club_hidden_dim": 16,
+}
+MODEL_SEEDS = (1, 2)  # training seeds of the two models; publish(seed=s) serves MODEL_SEEDS[s % 2]'s model
+MAX_HISTORY = 20
+TOWER_EPOCHS = 10
+# What MRdIB exports for these modalities (the dataset orders modalities by name), checked at build time.
+COMPONENTS = ["collaborative", "shared", "unique:image", "unique:text", "synergy"]
 
 
-def _user_tower(item_vectors: np.ndarray) -> onnx.ModelProto:
-    """history int64 [B, L] (pad -1) -> user_vector = masked mean of the history's item vectors."""
-    E = numpy_helper.from_array(item_vectors.astype(np.float32), "E")
-    zero = numpy_helper.from_array(np.array(0, np.int64), "zero")
-    one = numpy_helper.from_array(np.array(1.0, np.float32), "one")
-    ax1 = numpy_helper.from_array(np.array([1], np.int64), "ax1")
-    ax2 = numpy_helper.from_array(np.array([2], np.int64), "ax2")
-    nodes = [
-        helper.make_node("GreaterOrEqual", ["history", "zero"], ["mask"]),
-        helper.make_node("Cast", ["mask"], ["maskf"], to=TensorProto.FLOAT),
-        helper.make_node("Max", ["history", "zero"], ["idx"]),
-        helper.make_node("Gather", ["E", "idx"], ["emb"], axis=0),
-        helper.make_node("Unsqueeze", ["maskf", "ax2"], ["mask3"]),
-        helper.make_node("Mul", ["emb", "mask3"], ["wemb"]),
-        helper.make_node("ReduceSum", ["wemb", "ax1"], ["s"], keepdims=0),
-        helper.make_node("ReduceSum", ["maskf", "ax1"], ["cnt0"], keepdims=1),
-        helper.make_node("Max", ["cnt0", "one"], ["cnt"]),
-        helper.make_node("Div", ["s", "cnt"], ["user_vector"]),
-    ]
-    d = item_vectors.shape[1]
-    graph = helper.make_graph(
-        nodes, "user_tower",
-        [helper.make_tensor_value_info("history", TensorProto.INT64, ["B", "L"])],
-        [helper.make_tensor_value_info("user_vector", TensorProto.FLOAT, ["B", d])],
-        [E, zero, one, ax1, ax2],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+@dataclass(frozen=True)
+class TrainedArtifacts:
+    """The session's trained + exported models; `publish` copies one of them under a test's root."""
+
+    data: Path
+    versions: tuple[Path, ...]  # one exported version directory per model (MODEL_SEEDS order)
+
+    @classmethod
+    def train(cls, workdir: Path) -> TrainedArtifacts:
+        """Synthesize the catalogue, train each model and export it, all under `workdir` (a few seconds)."""
+        import torch
+
+        from training.config import load_config
+        from training.data.synth import SynthConfig, generate_synthetic
+        from training.experiment import resolve_dataset
+        from training.export import ExportOptions, run_export
+        from training.trainer import train
+
+        workdir = Path(workdir)
+        data = generate_synthetic(SynthConfig(**SYNTH), workdir / "data")
+        dataset = resolve_dataset(str(data))  # exactly as `mrdib train --data DIR` reads it
+        threads = torch.get_num_threads()
+        versions = []
+        try:
+            for seed in MODEL_SEEDS:
+                cfg = load_config(None, {**TRAIN, "data": str(data), "seed": seed})
+                ckpt = workdir / f"checkpoint-{seed}"
+                train(cfg, dataset, ckpt, progress=False, curves=False)
+                res = run_export(ExportOptions(checkpoint=ckpt, out=workdir / "exported", keep=len(MODEL_SEEDS),
+                                               max_history=MAX_HISTORY, tower_epochs=TOWER_EPOCHS, seed=seed))
+                versions.append(res.path)
+        finally:
+            torch.set_num_threads(threads)  # the trainer set one thread for the whole process
+        out = cls(data=data, versions=tuple(versions))
+        out._check()
+        return out
+
+    def _check(self) -> None:
+        """The facts the tests take from this module's configuration hold for what was really exported."""
+        arts = [load_artifact(v) for v in self.versions]
+        for a in arts:
+            m = a.manifest
+            assert (m.n_users, m.n_items, m.max_history) == (N_USERS, N_ITEMS, MAX_HISTORY), m
+            assert {s.name: s.dim for s in m.modalities} == MODALITIES, m.modalities
+            assert m.backbone == "freedom" and m.mrdib is not None and m.components == COMPONENTS, m.components
+            assert a.item_ids == arts[0].item_ids and a.user_ids == arts[0].user_ids
+        # The models must differ, or tests that swap versions could not tell a mixed-up answer.
+        assert not np.allclose(arts[0].user_vectors, arts[1].user_vectors, atol=1e-2)
+
+    def publish(self, root: Path, *, seed: int = 0) -> str:
+        """Publish a copy of model `seed % 2` under `root` as a new version (becomes `current`); its id.
+
+        A copy (not a link): tests corrupt, truncate and delete files of what they publish."""
+        src = self.versions[seed % len(self.versions)]
+        manifest = read_manifest(src)
+        st = staging_dir(root)
+        for p in src.iterdir():
+            if p.is_file() and p.name != S.MANIFEST:
+                shutil.copyfile(p, st / p.name)
+        fields = manifest.model_dump(exclude={"files", "schema_version", "model_version"})
+        fields["created_at"] = datetime.now(UTC)
+        return publish(st, fields, root).model_version
 
 
-def _item_tower(weights: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """one float32 [B, d_m] input per modality -> item_vector = sum_m x_m @ W_m."""
-    nodes, inits, inputs = [], [], []
-    for m, w in weights.items():
-        inits.append(numpy_helper.from_array(w.astype(np.float32), f"W_{m}"))
-        inputs.append(helper.make_tensor_value_info(m, TensorProto.FLOAT, ["B", w.shape[0]]))
-        nodes.append(helper.make_node("MatMul", [m, f"W_{m}"], [f"p_{m}"]))
-    nodes.append(helper.make_node("Sum", [f"p_{m}" for m in weights], ["item_vector"]))
-    d = next(iter(weights.values())).shape[1]
-    graph = helper.make_graph(nodes, "item_tower", inputs,
-                              [helper.make_tensor_value_info("item_vector", TensorProto.FLOAT, ["B", d])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+def user_tower_vector(art: LoadedArtifact, rows: Sequence[int]) -> np.ndarray:
+    """The artifact's own ONNX user tower on one history (item rows, most recent first, capped at max_history),
+    run directly in onnxruntime: the reference for every history-based answer of the service."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(art.file(S.USER_TOWER)), providers=["CPUExecutionProvider"])
+    hist = np.asarray(list(rows)[: art.manifest.max_history], dtype=np.int64)[None, :]
+    return np.asarray(sess.run(None, {"history": hist})[0][0], dtype=np.float32)
 
 
-def build_artifact(root: Path, *, seed: int = 0, n_items: int = 200, n_users: int = 40, dim: int = 16,
-                   n_clusters: int = 5, history_len: int = 8, max_history: int = 20) -> str:
-    """Create and publish one small valid artifact under `root`; returns its version id."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(n_clusters, dim)).astype(np.float32) * 2.0
-    cluster = np.arange(n_items) % n_clusters
-    item_vectors = (centres[cluster] + 0.3 * rng.normal(size=(n_items, dim))).astype(np.float32)
-    feats = {m: rng.normal(size=(n_items, dm)).astype(np.float32) for m, dm in MODALITIES.items()}
-    weights = {m: (0.3 * rng.normal(size=(dm, dim))).astype(np.float32) for m, dm in MODALITIES.items()}
-    parts = {m: feats[m] @ weights[m] for m in MODALITIES}
-    synergy = (0.05 * rng.normal(size=(n_items, dim))).astype(np.float32)
-    shared = 0.3 * (parts["text"] + parts["image"])
-    comps = [None, shared, 0.7 * parts["text"], 0.7 * parts["image"], synergy]
-    comps[0] = item_vectors - sum(comps[1:])
-    item_components = np.stack(comps).astype(np.float32)
+def exact_topk(art: LoadedArtifact, vector: np.ndarray, banned: Sequence[int] | np.ndarray, k: int) -> list[str]:
+    """Ids of the exact top-k of `vector` by inner product over the artifact's items minus `banned` rows."""
+    return [it["item_id"] for it in exact_answer(art, vector, banned, k)]
 
-    user_cluster = np.arange(n_users) % n_clusters
-    user_vectors = centres[user_cluster].astype(np.float32)
-    indptr, indices = [0], []
-    for u in range(n_users):
-        pool = np.flatnonzero(cluster == user_cluster[u])
-        indices.extend(sorted(rng.choice(pool, size=min(history_len, len(pool)), replace=False).tolist()))
-        indptr.append(len(indices))
-    popularity = rng.integers(1, 50, size=n_items).astype(np.int64)
-    popularity[0] = 1000
 
-    st = staging_dir(root)
-    np.save(st / S.ITEM_VECTORS, item_vectors)
-    np.save(st / S.USER_VECTORS, user_vectors)
-    np.save(st / S.ITEM_COMPONENTS, item_components)
-    np.save(st / S.ITEM_POPULARITY, popularity)
-    import json
+def exact_answer(art: LoadedArtifact, vector: np.ndarray, banned: Sequence[int] | np.ndarray,
+                 k: int) -> list[dict[str, Any]]:
+    """The exact top-k as the service would send it: [{item_id, score}], best first."""
+    scores = art.item_vectors @ vector
+    scores[np.asarray(list(banned), dtype=np.int64)] = -np.inf
+    order = np.argsort(-scores, kind="stable")[: min(k, int(np.isfinite(scores).sum()))]
+    return [{"item_id": art.item_ids[r], "score": float(scores[r])} for r in order]
 
-    (st / S.ITEM_IDS).write_text(json.dumps([f"i{r}" for r in range(n_items)]))
-    (st / S.USER_IDS).write_text(json.dumps([f"u{r}" for r in range(n_users)]))
-    np.savez(st / S.TRAIN_CSR, indptr=np.array(indptr, np.int64), indices=np.array(indices, np.int64))
-    onnx.save(_user_tower(item_vectors), str(st / S.USER_TOWER))
-    onnx.save(_item_tower(weights), str(st / S.ITEM_TOWER))
-    ip = faiss.IndexFlatIP(dim)
-    ip.add(item_vectors)
-    faiss.write_index(ip, str(st / S.INDEX_IP))
-    cos = faiss.IndexFlatIP(dim)
-    cos.add(item_vectors / np.linalg.norm(item_vectors, axis=1, keepdims=True))
-    faiss.write_index(cos, str(st / S.INDEX_COS))
-    fields = {
-        "created_at": datetime.now(UTC),
-        "backbone": "test-mean-tower",
-        "mrdib": {"planted": True},
-        "modalities": [{"name": m, "dim": dm} for m, dm in MODALITIES.items()],
-        "embedding_dim": dim,
-        "n_users": n_users,
-        "n_items": n_items,
-        "n_train_interactions": len(indices),
-        "max_history": max_history,
-        "components": COMPONENTS,
-        "data_fingerprint": f"test-seed-{seed}",
-        "indexes": {"ip": {"file": S.INDEX_IP, "factory": "Flat", "metric": "ip"},
-                    "cosine": {"file": S.INDEX_COS, "factory": "Flat", "metric": "cosine"}},
-    }
-    return publish(st, fields, root).model_version
+
+def topk_mismatch(items: Sequence[Mapping[str, Any]], art: LoadedArtifact, vector: np.ndarray,
+                  banned: Sequence[int] | np.ndarray, k: int, rel_tol: float = 1e-4) -> str | None:
+    """Why `items` (a service answer: item_id + score) is not the exact top-k of `vector` over the artifact's
+    items minus `banned` rows; None when it is.
+
+    Checked: as many items as the exact top-k has, distinct and none banned; each score is the item's exact
+    inner product with `vector`; descending order; and the scores are, position by position, the exact top-k
+    scores (so nothing left out beats anything returned). Items whose scores tie within `rel_tol` x the
+    largest |score| may come in either order (the service's vector comes from its own onnxruntime session)."""
+    scores = art.item_vectors @ vector
+    allowed = np.ones(len(scores), dtype=bool)
+    allowed[np.asarray(list(banned), dtype=np.int64)] = False
+    want = np.sort(scores[allowed])[::-1][:k]
+    tol = rel_tol * max(1.0, float(np.abs(scores).max()))
+    row_of = {i: r for r, i in enumerate(art.item_ids)}
+    ids = [str(it["item_id"]) for it in items]
+    got = np.array([float(it["score"]) for it in items])
+    if len(ids) != len(want):
+        return f"{len(ids)} items, expected {len(want)}"
+    if len(set(ids)) != len(ids):
+        return f"duplicate ids in {ids}"
+    if any(i not in row_of for i in ids):
+        return f"ids not in the catalogue: {[i for i in ids if i not in row_of]}"
+    rows = np.array([row_of[i] for i in ids], dtype=np.int64)
+    if not allowed[rows].all():
+        return f"excluded items returned: {[i for i, ok in zip(ids, allowed[rows], strict=True) if not ok]}"
+    if not np.allclose(got, scores[rows], rtol=0, atol=tol):
+        return f"scores {got.round(5).tolist()} are not the exact {scores[rows].round(5).tolist()}"
+    if (np.diff(got) > tol).any():
+        return f"not in descending order: {got.round(5).tolist()}"
+    if not np.allclose(scores[rows], want, rtol=0, atol=tol):
+        return f"not the top {k}: scores {scores[rows].round(5).tolist()}, best are {want.round(5).tolist()}"
+    return None
+
+
+def assert_topk(items: Sequence[Mapping[str, Any]], art: LoadedArtifact, vector: np.ndarray,
+                banned: Sequence[int] | np.ndarray, k: int) -> None:
+    """Assert that `items` is the exact top-k (see `topk_mismatch`)."""
+    why = topk_mismatch(items, art, vector, banned, k)
+    assert why is None, f"{why}; got {[it['item_id'] for it in items]}, exact {exact_topk(art, vector, banned, k)}"
+
+
+def cosine_similarities(art: LoadedArtifact, row: int) -> np.ndarray:
+    """Cosine of every item vector to item `row`'s, with -inf for the item itself (never its own neighbour)."""
+    x = art.item_vectors / np.linalg.norm(art.item_vectors, axis=1, keepdims=True)
+    sims = x @ x[row]
+    sims[row] = -np.inf
+    return sims
+
+
+def cosine_neighbours(art: LoadedArtifact, row: int, k: int) -> tuple[list[str], np.ndarray]:
+    """Exact k nearest items to item `row` by cosine of item vectors, itself excluded: (ids, cosines)."""
+    sims = cosine_similarities(art, row)
+    order = np.argsort(-sims, kind="stable")[:k]
+    return [art.item_ids[r] for r in order], sims[order]
 
 
 def item_features(seed: int) -> dict[str, list[float]]:
+    """Random features of one item for PUT /items, one list per modality of the trained artifact."""
     rng = np.random.default_rng(seed)
     return {m: rng.normal(size=dm).round(4).tolist() for m, dm in MODALITIES.items()}
 

@@ -1,4 +1,5 @@
-"""Fixtures shared by the whole suite: where the shared data lives, a Redis URL, torch thread limits."""
+"""Fixtures shared by the whole suite: where the shared data lives, a Redis URL, torch thread limits, and the
+service tests' trained artifact."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,24 @@ def _one_torch_thread() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     return os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def trained_artifacts(tmp_path_factory: pytest.TempPathFactory):
+    """The service tests' real artifact: synthetic catalogue -> FREEDOM + MRdIB -> export, once per session.
+
+    Lazy (only sessions that run a service or fault test pay its few seconds) and session-scoped (every such
+    test shares it; tests get published copies). See tests/_service_helpers.py for what is trained."""
+    pytest.importorskip("torch", reason="the service tests train their artifact: install the [train] extra")
+    from tests._service_helpers import TrainedArtifacts
+
+    return TrainedArtifacts.train(tmp_path_factory.mktemp("trained-artifacts"))
+
+
+@pytest.fixture(scope="session")
+def build_artifact(trained_artifacts) -> Callable[..., str]:
+    """`build_artifact(root, seed=0) -> version`: publish a copy of the trained artifact under `root`.
+
+    A factory fixture so that tests can publish several versions mid-test (reload tests); `seed` picks one of
+    the two trained models (`seed % 2`), so consecutive seeds give versions that answer differently."""
+    return trained_artifacts.publish

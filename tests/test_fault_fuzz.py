@@ -31,10 +31,10 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     status_code_conformance,
 )
 
+from mrdib.artifact.store import load_artifact  # noqa: E402
 from service.api import create_app  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests._fault_helpers import record  # noqa: E402
-from tests._service_helpers import build_artifact  # noqa: E402
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -64,9 +64,9 @@ def fuzz(op, mode: GenerationMode, n: int, client: TestClient, sent: Counter, st
     return run
 
 
-def test_openapi_fuzz_no_5xx_and_schema_conformant(tmp_path):
+def test_openapi_fuzz_no_5xx_and_schema_conformant(tmp_path, build_artifact):
     root = tmp_path / "artifacts"
-    build_artifact(root)
+    user = load_artifact(root / build_artifact(root)).user_ids[1]
     app = create_app(Settings(artifacts=root, redis_url=None, wal_path=tmp_path / "wal.jsonl", admin_token=TOKEN,
                               poll_interval_s=0, cpu_threads=2))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
@@ -86,7 +86,8 @@ def test_openapi_fuzz_no_5xx_and_schema_conformant(tmp_path):
                 except Unsatisfiable:  # no parameters and no body: nothing can be made schema-invalid
                     assert mode == GenerationMode.NEGATIVE, f"{op.method} {op.path}: no positive case generated"
         # Still serving normally after everything the fuzzer threw at it.
-        assert client.post("/recommend", json={"user_id": "u1", "k": 3}).status_code == 200
+        r = client.post("/recommend", json={"user_id": user, "k": 3})
+        assert r.status_code == 200 and r.json()["source"] == "user" and len(r.json()["items"]) == 3
     assert not failures, f"{len(failures)} failing requests; first ones:\n" + "\n\n".join(failures[:3])
     total = sum(sent.values())
     assert total >= MIN_REQUESTS, f"only {total} generated requests were sent: {dict(sent)}"

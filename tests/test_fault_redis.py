@@ -22,10 +22,11 @@ import httpx
 import pytest
 import redis
 
+from mrdib.artifact.store import load_artifact
 from service.api import create_app
 from service.settings import Settings
 from tests._fault_helpers import FastPrivateRedis, Load, record, wait_for
-from tests._service_helpers import ServerThread, build_artifact
+from tests._service_helpers import ServerThread
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(240),
               pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")]
@@ -34,9 +35,10 @@ N_EVENTS = 10_000
 EVENT_THREADS = 6
 
 
-def test_redis_killed_under_load_events_exactly_once(tmp_path):
+def test_redis_killed_under_load_events_exactly_once(tmp_path, build_artifact):
     root = tmp_path / "artifacts"
-    build_artifact(root)
+    art = load_artifact(root / build_artifact(root))
+    users, items = art.user_ids[:40], art.item_ids
     rs = FastPrivateRedis()
     rs.start()
     settings = Settings(artifacts=root, redis_url=rs.url, redis_key_prefix="f:", stream="f:events",
@@ -51,7 +53,7 @@ def test_redis_killed_under_load_events_exactly_once(tmp_path):
 
             def post_event(c: httpx.Client, tid: int, i: int) -> httpx.Response:
                 eid = f"t{tid}-{i}"
-                r = c.post("/events", json={"user_id": f"u{i % 40}", "item_id": f"i{(i * 7 + tid) % 200}",
+                r = c.post("/events", json={"user_id": users[i % 40], "item_id": items[(i * 7 + tid) % len(items)],
                                             "type": "click", "event_id": eid})
                 if r.status_code == 202:
                     accepted.append(r.json()["event_id"])
@@ -61,7 +63,7 @@ def test_redis_killed_under_load_events_exactly_once(tmp_path):
                 return r
 
             def recommend(c: httpx.Client, tid: int, i: int) -> httpx.Response:
-                r = c.post("/recommend", json={"user_id": f"u{i % 40}", "k": 10})
+                r = c.post("/recommend", json={"user_id": users[i % 40], "k": 10})
                 if r.status_code == 200:
                     rec_cached.append(r.json()["cached"])
                 else:
@@ -87,11 +89,11 @@ def test_redis_killed_under_load_events_exactly_once(tmp_path):
 
             wait_for(lambda: http.get("/readyz").json()["event_backlog"] == 0, timeout=30, what="WAL replayed")
             # Recovery without restart: new events go straight to Redis, cached vectors are served again.
-            assert http.post("/events", json={"user_id": "u1", "item_id": "i2", "type": "view",
+            assert http.post("/events", json={"user_id": users[1], "item_id": items[2], "type": "view",
                                               "event_id": "after"}).json()["durable_in"] == "redis"
             accepted.append("after")
-            http.post("/recommend", json={"user_id": "u39"})
-            assert http.post("/recommend", json={"user_id": "u39"}).json()["cached"] is True
+            http.post("/recommend", json={"user_id": users[39]})
+            assert http.post("/recommend", json={"user_id": users[39]}).json()["cached"] is True
 
             assert not bad, bad[:5]
             assert recs.server_errors() == 0 and events.server_errors() == 0

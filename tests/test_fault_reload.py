@@ -3,14 +3,16 @@
 While 3 threads keep asking for recommendations, the service is moved through good versions and offered
 broken ones (flipped bytes, truncated index, garbage manifest, missing file). Checked:
 - zero failed requests (every answer 200, no transport error);
-- every response names one model version, and its items are exactly that version's exact top-k (so no
-  response mixes two versions: each version's vectors come from a different seed);
+- every response names one model version, and its items are exactly that version's exact top-k, scores included
+  (so no response mixes two versions: consecutive good versions come from differently trained models, and the
+  test checks first that either's answers would be caught under the other);
 - every broken version is refused (409 naming the problem) and the version before it keeps serving.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -18,35 +20,58 @@ import numpy as np
 import pytest
 
 from mrdib.artifact import schema as S
-from mrdib.artifact.store import load_artifact
+from mrdib.artifact.store import LoadedArtifact, load_artifact
 from service.api import create_app
 from service.settings import Settings
 from tests._fault_helpers import Load, record, wait_for
-from tests._service_helpers import ServerThread, build_artifact, corrupt
+from tests._service_helpers import ServerThread, corrupt, exact_answer, topk_mismatch, user_tower_vector
 
 pytestmark = pytest.mark.timeout(120)
 
 TOKEN = "fault-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 K = 5
-QUERIES = [{"user_id": "u3", "k": K}, {"history": ["i7", "i12"], "k": K}, {"user_id": "u8", "k": K}]
+# The three query kinds, as rows of the trained catalogue (the same in every version): two known users, and an
+# anonymous history of two items (most recent first).
+USER_ROWS = (3, 8)
+HISTORY_ROWS = [7, 12]
 
 
-def expected(root: Path, version: str) -> list[list[str]]:
-    """Exact top-K of each query in QUERIES under `version` (seen items excluded, as the service does)."""
+def queries(art: LoadedArtifact) -> list[dict]:
+    return [{"user_id": art.user_ids[USER_ROWS[0]], "k": K},
+            {"history": [art.item_ids[r] for r in HISTORY_ROWS], "k": K},
+            {"user_id": art.user_ids[USER_ROWS[1]], "k": K}]
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What a version must answer to each query: its exact top-K of `vectors[q]`, `banned[q]` excluded."""
+
+    art: LoadedArtifact
+    vectors: list[np.ndarray]
+    banned: list[np.ndarray]
+
+    def mismatch(self, qi: int, items: list[dict]) -> str | None:
+        return topk_mismatch(items, self.art, self.vectors[qi], self.banned[qi], K)
+
+    def answer(self, qi: int) -> list[dict]:
+        """The exact answer itself (ids and scores), as the service would send it."""
+        return exact_answer(self.art, self.vectors[qi], self.banned[qi], K)
+
+
+def expected(root: Path, version: str) -> Expected:
+    """The user vector and excluded rows of each query under `version` (seen items excluded, as the service does;
+    the history query through that version's own ONNX user tower)."""
     art = load_artifact(root / version)
-    out = []
-    for q in QUERIES:
-        if "user_id" in q:
-            row = int(q["user_id"][1:])
-            vec, banned = art.user_vectors[row], list(art.seen_items(row))
-        else:
-            rows = [int(i[1:]) for i in q["history"]]
-            vec, banned = art.item_vectors[rows].mean(axis=0), rows
-        scores = art.item_vectors @ vec
-        scores[banned] = -np.inf
-        out.append([art.item_ids[r] for r in np.argsort(-scores, kind="stable")[:K]])
-    return out
+    u, w = USER_ROWS
+    return Expected(art, [art.user_vectors[u], user_tower_vector(art, HISTORY_ROWS), art.user_vectors[w]],
+                    [art.seen_items(u), np.array(HISTORY_ROWS), art.seen_items(w)])
+
+
+def tell_apart(a: Expected, b: Expected) -> None:
+    """Every query's exact answer under one version is refused under the other: a mixed-up response is caught."""
+    for qi in range(3):
+        assert a.mismatch(qi, b.answer(qi)) is not None and b.mismatch(qi, a.answer(qi)) is not None, qi
 
 
 def _flip(root: Path, v: str) -> str:
@@ -73,27 +98,28 @@ def _missing_file(root: Path, v: str) -> str:
 BREAKERS = [_flip, _truncate_index, _garbage_manifest, _missing_file]
 
 
-def test_hot_reload_under_load_and_damaged_artifacts(tmp_path):
+def test_hot_reload_under_load_and_damaged_artifacts(tmp_path, build_artifact):
     root = tmp_path / "artifacts"
     good = [build_artifact(root, seed=1)]
     want = {good[0]: expected(root, good[0])}
+    query = queries(want[good[0]].art)
     settings = Settings(artifacts=root, redis_url=None, wal_path=tmp_path / "wal.jsonl", admin_token=TOKEN,
                         poll_interval_s=0, cpu_threads=2)
     wrong: list[str] = []
     served: list[str] = []
 
     def step(c: httpx.Client, tid: int, i: int) -> httpx.Response:
-        qi = (tid + i) % len(QUERIES)
-        r = c.post("/recommend", json=QUERIES[qi])
+        qi = (tid + i) % len(query)
+        r = c.post("/recommend", json=query[qi])
         if r.status_code != 200:
             wrong.append(f"{r.status_code}: {r.text[:200]}")
             return r
         body = r.json()
         v = body["model_version"]
         served.append(v)
-        items = [it["item_id"] for it in body["items"]]
-        if v not in want or items != want[v][qi]:
-            wrong.append(f"query {qi} under {v}: got {items}, expected {want.get(v, [None] * 3)[qi]}")
+        why = want[v].mismatch(qi, body["items"]) if v in want else "unknown version"
+        if why is not None:
+            wrong.append(f"query {qi} under {v}: {why}")
         return r
 
     refused: dict[str, str] = {}
@@ -103,8 +129,9 @@ def test_hot_reload_under_load_and_damaged_artifacts(tmp_path):
             wait_for(lambda: load.count >= 50, what="load to start")
             for n, breaker in enumerate(BREAKERS):
                 # a good version: loaded while requests flow
-                v = build_artifact(root, seed=10 + n)
+                v = build_artifact(root, seed=10 + n)  # seeds alternate the two trained models
                 want[v] = expected(root, v)
+                tell_apart(want[v], want[good[-1]])
                 r = http.post("/admin/reload", headers=AUTH)
                 assert r.status_code == 200 and r.json()["model_version"] == v, r.text
                 good.append(v)

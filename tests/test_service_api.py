@@ -1,4 +1,7 @@
-"""Service routes over ASGI (Starlette TestClient, lifespan included), embedded mode (no Redis)."""
+"""Service routes over ASGI (Starlette TestClient, lifespan included), embedded mode (no Redis).
+
+The artifact is the session's trained one (tests/_service_helpers.py); expected answers come from its own data:
+exact search over its vectors, its ONNX user tower, its popularity counts and training histories."""
 
 from __future__ import annotations
 
@@ -9,17 +12,24 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from mrdib.artifact.store import load_artifact
+from mrdib.artifact.store import LoadedArtifact, load_artifact
 from service.api import create_app
 from service.settings import Settings
-from tests._service_helpers import COMPONENTS, build_artifact, item_features
+from tests._service_helpers import (
+    COMPONENTS,
+    assert_topk,
+    cosine_neighbours,
+    cosine_similarities,
+    item_features,
+    user_tower_vector,
+)
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory) -> tuple[Path, str]:
+def artifact(tmp_path_factory, build_artifact) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("artifacts")
     return root, build_artifact(root)
 
@@ -39,124 +49,138 @@ def client(artifact, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def art(artifact):
+def art(artifact) -> LoadedArtifact:
     root, v = artifact
     return load_artifact(root / v)
 
 
-def expected_topk(art, vector: np.ndarray, exclude_rows, k: int) -> list[str]:
-    scores = art.item_vectors @ vector
-    scores[list(exclude_rows)] = -np.inf
-    return [art.item_ids[r] for r in np.argsort(-scores, kind="stable")[:k]]
+def rows_of(art: LoadedArtifact, ids: list[str]) -> list[int]:
+    return [art.item_ids.index(i) for i in ids]
 
 
-def test_health_ready_model_metrics(client, artifact):
+def test_health_ready_model_metrics(client, artifact, art):
     _, v = artifact
     assert client.get("/healthz").json() == {"status": "alive"}
     r = client.get("/readyz")
     assert r.status_code == 200 and r.json()["model_version"] == v and r.json()["redis"] == "disabled"
     m = client.get("/model").json()
-    assert m["model_version"] == v and m["components"] == COMPONENTS
+    assert m["model_version"] == v and m["components"] == art.manifest.components == COMPONENTS
     assert m["onnx_providers"]["user_tower"] == ["CPUExecutionProvider"] and m["faiss_device"] == "cpu"
-    client.post("/recommend", json={"user_id": "u1"})
+    client.post("/recommend", json={"user_id": art.user_ids[1]})
     text = client.get("/metrics").text
     assert f'mrdib_model_info{{version="{v}"}} 1.0' in text
-    assert 'mrdib_index_size{index="ip"} 200.0' in text
+    assert f'mrdib_index_size{{index="ip"}} {float(art.manifest.n_items)}' in text
     assert 'mrdib_request_seconds_count{method="POST",route="/recommend",status="200"}' in text
     assert "mrdib_event_backlog 0.0" in text
 
 
 def test_known_user_excludes_seen_and_matches_exact_scores(client, art):
-    r = client.post("/recommend", json={"user_id": "u2", "k": 10})
+    user = art.user_ids[2]
+    r = client.post("/recommend", json={"user_id": user, "k": 10})
     body = r.json()
     assert r.status_code == 200 and body["source"] == "user" and body["model_version"] == art.manifest.model_version
     seen = art.seen_items(2)
-    want = expected_topk(art, art.user_vectors[2], seen, 10)
-    assert [i["item_id"] for i in body["items"]] == want
-    scores = [i["score"] for i in body["items"]]
-    assert scores == sorted(scores, reverse=True)
-    # exclude_seen=false lets the training items back in (they are the user's own cluster).
-    got = {i["item_id"] for i in client.post("/recommend", json={"user_id": "u2", "k": 40,
-                                                                 "exclude_seen": False}).json()["items"]}
-    assert {art.item_ids[r] for r in seen} <= got
+    assert_topk(body["items"], art, art.user_vectors[2], seen, 10)  # scores exact, descending, seen excluded
+    # exclude_seen=false lets the training items back in: the exact top-k over the whole catalogue, which the
+    # trained vector fills partly with the user's own training items.
+    got = client.post("/recommend", json={"user_id": user, "k": 40, "exclude_seen": False}).json()["items"]
+    assert_topk(got, art, art.user_vectors[2], [], 40)
+    assert {art.item_ids[r] for r in seen} & {i["item_id"] for i in got}
 
 
-def test_exclude_list(client):
-    top = [i["item_id"] for i in client.post("/recommend", json={"user_id": "u3", "k": 5}).json()["items"]]
-    again = client.post("/recommend", json={"user_id": "u3", "k": 5, "exclude": top[:2]}).json()["items"]
+def test_exclude_list(client, art):
+    user = art.user_ids[3]
+    top = [i["item_id"] for i in client.post("/recommend", json={"user_id": user, "k": 5}).json()["items"]]
+    again = client.post("/recommend", json={"user_id": user, "k": 5, "exclude": top[:2]}).json()["items"]
     assert not {i["item_id"] for i in again} & set(top[:2])
+    assert_topk(again, art, art.user_vectors[3], [*art.seen_items(3), *rows_of(art, top[:2])], 5)
 
 
-def test_lru_cache_hit_after_miss(client):
-    first = client.post("/recommend", json={"user_id": "u4"}).json()
-    second = client.post("/recommend", json={"user_id": "u4"}).json()
+def test_lru_cache_hit_after_miss(client, art):
+    first = client.post("/recommend", json={"user_id": art.user_ids[4]}).json()
+    second = client.post("/recommend", json={"user_id": art.user_ids[4]}).json()
     assert first["cached"] is False and second["cached"] is True
     assert first["items"] == second["items"]
     assert 'mrdib_user_cache_total{result="hit"} 1.0' in client.get("/metrics").text
 
 
 def test_unknown_user_with_history_and_unknown_ids(client, art):
-    hist = ["i7", "nope-1", "i12", "nope-2"]
+    hist = [art.item_ids[7], "nope-1", art.item_ids[12], "nope-2"]
     body = client.post("/recommend", json={"user_id": "stranger", "history": hist, "k": 8}).json()
     assert body["source"] == "history" and body["cached"] is False
     assert body["unknown_items"] == ["nope-1", "nope-2"]
-    u = art.item_vectors[[7, 12]].mean(axis=0)
-    assert [i["item_id"] for i in body["items"]] == expected_topk(art, u, [7, 12], 8)
-    anon = client.post("/recommend", json={"history": ["i7", "i12"], "k": 8}).json()
+    # The artifact's own user tower over the known items, in the request's order (most recent first).
+    assert_topk(body["items"], art, user_tower_vector(art, [7, 12]), [7, 12], 8)
+    anon = client.post("/recommend", json={"history": [art.item_ids[7], art.item_ids[12]], "k": 8}).json()
     assert anon["items"] == body["items"]
 
 
-def test_popularity_fallback(client):
+def test_popularity_fallback(client, art):
     body = client.post("/recommend", json={"k": 3}).json()
-    assert body["source"] == "popular" and body["items"][0]["item_id"] == "i0"
-    assert body["items"][0]["score"] == 1000.0
+    assert body["source"] == "popular"
+    # The three largest training counts, largest first, each item scored by its own count.
+    counts = [int(art.item_popularity[art.item_ids.index(i["item_id"])]) for i in body["items"]]
+    assert [i["score"] for i in body["items"]] == [float(c) for c in counts]
+    assert counts == sorted(art.item_popularity.tolist(), reverse=True)[:3]
+    assert body["items"][0]["score"] == float(art.item_popularity.max()) > 0
     only_unknown = client.post("/recommend", json={"user_id": "ghost", "history": ["zzz"]}).json()
     assert only_unknown["source"] == "popular" and only_unknown["unknown_items"] == ["zzz"]
     assert 'mrdib_fallbacks_total{kind="popular"} 2.0' in client.get("/metrics").text
 
 
 def test_explain_shares_are_component_dot_products(client, art):
-    body = client.post("/recommend", json={"user_id": "u5", "k": 4, "explain": True}).json()
+    body = client.post("/recommend", json={"user_id": art.user_ids[5], "k": 4, "explain": True}).json()
     u = art.user_vectors[5]
+    assert len(body["items"]) == 4
     for it in body["items"]:
-        assert list(it["explain"]) == COMPONENTS
+        assert list(it["explain"]) == art.manifest.components
         assert sum(it["explain"].values()) == pytest.approx(1.0, abs=1e-4)
         row = art.item_ids.index(it["item_id"])
         contrib = art.item_components[:, row, :] @ u
         assert it["score"] == pytest.approx(float(contrib.sum()), rel=1e-4)
-        assert it["explain"]["synergy"] == pytest.approx(float(contrib[4] / contrib.sum()), rel=1e-3, abs=1e-5)
-    plain = client.post("/recommend", json={"user_id": "u5", "k": 4}).json()
+        for c, name in enumerate(art.manifest.components):
+            assert it["explain"][name] == pytest.approx(float(contrib[c] / contrib.sum()), rel=1e-3, abs=1e-5)
+    plain = client.post("/recommend", json={"user_id": art.user_ids[5], "k": 4}).json()
     assert "explain" not in plain["items"][0]
 
 
 def test_event_changes_next_recommendation(client, art, tmp_path):
-    before = client.post("/recommend", json={"user_id": "u0", "k": 10}).json()
+    user = art.user_ids[0]
+    before = client.post("/recommend", json={"user_id": user, "k": 10}).json()
     assert before["source"] == "user"
-    client.post("/recommend", json={"user_id": "u0", "k": 10})  # now cached
-    clicked = [f"i{r}" for r in (1, 6, 11, 16, 21)]  # cluster 1; u0 likes cluster 0
+    client.post("/recommend", json={"user_id": user, "k": 10})  # now cached
+    # Clicks on the five unseen items the user's trained vector likes least: far from its taste.
+    seen = art.seen_items(0).tolist()
+    far = [r for r in np.argsort(art.item_vectors @ art.user_vectors[0]).tolist() if r not in seen][:5]
+    clicked = [art.item_ids[r] for r in far]
     for item in clicked:
-        r = client.post("/events", json={"user_id": "u0", "item_id": item, "type": "click"})
+        r = client.post("/events", json={"user_id": user, "item_id": item, "type": "click"})
         assert r.status_code == 202 and r.json()["durable_in"] == "file"
-    after = client.post("/recommend", json={"user_id": "u0", "k": 10}).json()
+    after = client.post("/recommend", json={"user_id": user, "k": 10}).json()
     assert after["cached"] is False and after["source"] == "user"
-    hist_rows = [int(i[1:]) for i in reversed(clicked)] + list(art.seen_items(0))
-    u = art.item_vectors[hist_rows[: art.manifest.max_history]].mean(axis=0)
-    assert [i["item_id"] for i in after["items"]] == expected_topk(art, u, hist_rows, 10)
+    # The user tower over the events (most recent first), then the training history.
+    hist_rows = far[::-1] + seen
+    assert_topk(after["items"], art, user_tower_vector(art, hist_rows), hist_rows, 10)
     assert after["items"] != before["items"]
     lines = (tmp_path / "events.jsonl").read_text().splitlines()
     assert [json.loads(x)["item_id"] for x in lines] == clicked
 
 
 def test_similar_items(client, art):
-    body = client.get("/items/i0/similar", params={"k": 5}).json()
+    item = art.item_ids[0]
+    body = client.get(f"/items/{item}/similar", params={"k": 5}).json()
     ids = [i["item_id"] for i in body["items"]]
-    assert len(ids) == 5 and "i0" not in ids and body["model_version"] == art.manifest.model_version
-    assert all(int(i[1:]) % 5 == 0 for i in ids)  # same planted cluster
+    assert len(ids) == 5 and item not in ids and body["model_version"] == art.manifest.model_version
+    # Each score is that item's cosine to the query item, and position by position they are the 5 best cosines
+    # (so nothing closer was left out; near-ties may swap places).
+    got = np.array([i["score"] for i in body["items"]])
+    assert np.allclose(got, cosine_similarities(art, 0)[rows_of(art, ids)], atol=1e-5)
+    assert np.allclose(got, cosine_neighbours(art, 0, 5)[1], atol=1e-5)
     r = client.get("/items/unknown-item/similar")
     assert r.status_code == 404 and "unknown-item" in r.json()["detail"]
 
 
-def test_admin_auth(client, artifact, tmp_path):
+def test_admin_auth(client, artifact, art, tmp_path):
     feats = {"features": item_features(1)}
     assert client.put("/items/new", json=feats).status_code == 401
     r = client.put("/items/new", json=feats, headers={"Authorization": "Bearer wrong"})
@@ -165,29 +189,35 @@ def test_admin_auth(client, artifact, tmp_path):
     assert client.post("/admin/reload", headers=AUTH).json()["status"] == "unchanged"
     root, _ = artifact
     with TestClient(create_app(_settings(root, tmp_path, admin_token=None))) as off:
-        r = off.delete("/items/i1", headers=AUTH)
+        r = off.delete(f"/items/{art.item_ids[1]}", headers=AUTH)
         assert r.status_code == 403 and "MRDIB_ADMIN_TOKEN" in r.json()["detail"]
 
 
-def test_put_and_delete_items(client):
+def test_put_and_delete_items(client, art):
+    user, n = art.user_ids[1], art.manifest.n_items
     r = client.put("/items/brand-new", json={"features": item_features(2)}, headers=AUTH)
     assert r.status_code == 200 and r.json()["status"] == "indexed" and r.json()["side_index_size"] == 1
-    everything = [i["item_id"] for i in client.post("/recommend", json={"user_id": "u1", "k": 1000,
+    everything = [i["item_id"] for i in client.post("/recommend", json={"user_id": user, "k": 1000,
                                                                         "exclude_seen": False}).json()["items"]]
-    assert "brand-new" in everything and len(everything) == 201
+    assert "brand-new" in everything and len(everything) == n + 1
     assert client.get("/items/brand-new/similar", params={"k": 3}).status_code == 200
     # A changed catalogue item is served from the side index, once.
-    assert client.put("/items/i3", json={"features": item_features(3)}, headers=AUTH).status_code == 200
-    everything = [i["item_id"] for i in client.post("/recommend", json={"user_id": "u1", "k": 1000,
+    changed = art.item_ids[3]
+    assert client.put(f"/items/{changed}", json={"features": item_features(3)}, headers=AUTH).status_code == 200
+    everything = [i["item_id"] for i in client.post("/recommend", json={"user_id": user, "k": 1000,
                                                                         "exclude_seen": False}).json()["items"]]
-    assert everything.count("i3") == 1 and len(everything) == 201
-    # Deleting hides the item everywhere.
-    assert client.delete("/items/i0", headers=AUTH).json()["status"] == "deleted"
-    assert client.post("/recommend", json={"k": 1}).json()["items"][0]["item_id"] != "i0"
-    assert client.get("/items/i0/similar").status_code == 404
-    assert "i0" not in {i["item_id"] for i in client.get("/items/i5/similar", params={"k": 100}).json()["items"]}
+    assert everything.count(changed) == 1 and len(everything) == n + 1
+    # Deleting hides the item everywhere: the most popular one, so the popularity fallback must skip it.
+    top = client.post("/recommend", json={"k": 1}).json()["items"][0]["item_id"]
+    other = next(i for i in art.item_ids if i not in (top, changed))
+    assert client.delete(f"/items/{top}", headers=AUTH).json()["status"] == "deleted"
+    assert client.post("/recommend", json={"k": 1}).json()["items"][0]["item_id"] != top
+    assert client.get(f"/items/{top}/similar").status_code == 404
+    assert top not in {i["item_id"] for i in client.get(f"/items/{other}/similar", params={"k": 1000}).json()["items"]}
+    assert top not in [i["item_id"] for i in client.post("/recommend", json={"user_id": user, "k": 1000,
+                                                                             "exclude_seen": False}).json()["items"]]
     assert client.delete("/items/brand-new", headers=AUTH).status_code == 200
-    assert "brand-new" not in [i["item_id"] for i in client.post("/recommend", json={"k": 1000, "user_id": "u1"})
+    assert "brand-new" not in [i["item_id"] for i in client.post("/recommend", json={"k": 1000, "user_id": user})
                                .json()["items"]]
     assert client.delete("/items/never-existed", headers=AUTH).status_code == 404
 
@@ -286,11 +316,13 @@ def test_put_with_non_finite_tower_output_is_422_and_indexes_nothing(client, mon
     assert client.get("/items/overflow/similar").status_code == 404
 
 
-def test_bodies_match_the_response_models(client):
+def test_bodies_match_the_response_models(client, art):
     from service.schemas import RecommendResponse, SimilarResponse
 
-    for body in ({"user_id": "u1"}, {"user_id": "u1", "explain": True, "k": 3}, {"history": ["i1", "zz"]}, {}):
+    user, item = art.user_ids[1], art.item_ids[1]
+    bodies = ({"user_id": user}, {"user_id": user, "explain": True, "k": 3}, {"history": [item, "zz"]}, {})
+    for body, source in zip(bodies, ("user", "user", "history", "popular"), strict=True):
         r = client.post("/recommend", json=body)
-        assert r.headers["content-type"] == "application/json"
+        assert r.headers["content-type"] == "application/json" and r.json()["source"] == source
         RecommendResponse.model_validate_json(r.content, strict=True)
-    SimilarResponse.model_validate_json(client.get("/items/i1/similar").content, strict=True)
+    SimilarResponse.model_validate_json(client.get(f"/items/{item}/similar").content, strict=True)

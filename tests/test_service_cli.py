@@ -9,14 +9,16 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from tests._service_helpers import build_artifact
+from mrdib.artifact.store import load_artifact
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_service_runs_with_torch_blocked(tmp_path):
+def test_service_runs_with_torch_blocked(tmp_path, build_artifact):
     root = tmp_path / "artifacts"
-    build_artifact(root)
+    art = load_artifact(root / build_artifact(root))
+    user, item = art.user_ids[1], art.item_ids[1]  # known to the trained artifact: every path really runs
+    feats = {m.name: [0.0] * m.dim for m in art.manifest.modalities}
     code = textwrap.dedent(f"""
         import sys
         sys.modules["torch"] = None  # any `import torch` now raises ImportError
@@ -27,11 +29,13 @@ def test_service_runs_with_torch_blocked(tmp_path):
         s = Settings(artifacts={str(root)!r}, redis_url=None, wal_path={str(tmp_path / "w.jsonl")!r},
                      admin_token="t", poll_interval_s=0)
         with TestClient(create_app(s)) as c:
-            assert c.post("/recommend", json={{"user_id": "u1", "explain": True}}).status_code == 200
-            assert c.post("/recommend", json={{"history": ["i1"]}}).json()["source"] == "history"
-            assert c.put("/items/n", json={{"features": {{"text": [0.0] * 8, "image": [0.0] * 6}}}},
+            r = c.post("/recommend", json={{"user_id": {user!r}, "explain": True}})
+            assert r.status_code == 200 and r.json()["source"] == "user" and "explain" in r.json()["items"][0]
+            assert c.post("/recommend", json={{"history": [{item!r}]}}).json()["source"] == "history"
+            assert c.put("/items/n", json={{"features": {feats!r}}},
                          headers={{"Authorization": "Bearer t"}}).status_code == 200
-            assert c.post("/events", json={{"user_id": "u1", "item_id": "i1", "type": "view"}}).status_code == 202
+            ev = {{"user_id": {user!r}, "item_id": {item!r}, "type": "view"}}
+            assert c.post("/events", json=ev).status_code == 202
         assert "torch" not in {{m.split(".")[0] for m, v in sys.modules.items() if v is not None}}
         print("OK")
     """)

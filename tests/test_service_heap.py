@@ -7,15 +7,15 @@ import weakref
 
 from fastapi.testclient import TestClient
 
+from mrdib.artifact.store import load_artifact
 from service import heap
 from service.api import create_app
 from service.settings import Settings
-from tests._service_helpers import build_artifact
 
 TOKEN = "heap-token"
 
 
-def test_load_freezes_heap_and_swap_releases_old_version(tmp_path):
+def test_load_freezes_heap_and_swap_releases_old_version(tmp_path, build_artifact):
     root = tmp_path / "artifacts"
     first = build_artifact(root, seed=0)
     settings = Settings(artifacts=root, redis_url=None, wal_path=tmp_path / "events.jsonl", admin_token=TOKEN,
@@ -41,6 +41,7 @@ def test_load_freezes_heap_and_swap_releases_old_version(tmp_path):
             assert r.json()["status"] == "loaded" and store.current.version == second
             # Gone at once, without waiting for a later full collection: the swap unfroze and collected.
             assert old() is None
-            assert client.post("/recommend", json={"user_id": "u1", "k": 3}).json()["model_version"] == second
+            body = client.post("/recommend", json={"user_id": load_artifact(root / second).user_ids[1], "k": 3}).json()
+            assert body["model_version"] == second and body["source"] == "user"
     finally:
         gc.unfreeze()

@@ -13,7 +13,7 @@ from mrdib.artifact.faiss_io import LoadedIndex, apply_search_params
 from mrdib.artifact.schema import ArtifactError
 from mrdib.artifact.store import load_artifact
 from service.index import VectorIndex
-from tests._service_helpers import build_artifact
+from tests._service_helpers import assert_topk
 
 
 def opened(path, metric: str = "ip", params: dict | None = None) -> LoadedIndex:
@@ -91,14 +91,18 @@ def test_duplicate_banned_rows_are_harmless(data):
     assert sorted(rows) == list(range(250, 300))
 
 
-def test_load_goes_through_the_shared_reader(tmp_path):
+def test_load_goes_through_the_shared_reader(tmp_path, build_artifact):
     root = tmp_path / "art"
     v = build_artifact(root)
     art = load_artifact(root / v)
     idx = VectorIndex.load(art.path, "ip", art.manifest, art.item_vectors, use_gpu=False)
-    assert idx.device == "cpu" and idx.size == 200 and isinstance(idx.loaded, LoadedIndex)
-    rows, _, _ = idx.search(art.user_vectors[1], 5, np.array([], dtype=np.int64))
-    assert list(rows) == brute(art.item_vectors, art.user_vectors[1], 5, [])
+    assert idx.device == "cpu" and idx.size == art.manifest.n_items and isinstance(idx.loaded, LoadedIndex)
+    # The trained artifact's exported index answers the exact top-k of its own vectors.
+    seen = art.seen_items(1)
+    rows, scores, exact = idx.search(art.user_vectors[1], 5, seen)
+    assert not exact
+    assert_topk([{"item_id": art.item_ids[r], "score": s} for r, s in zip(rows.tolist(), scores.tolist(), strict=True)],
+                art, art.user_vectors[1], seen, 5)
     (root / v / "index_ip.faiss").write_bytes(b"not an index")
     with pytest.raises(ArtifactError, match=r"index_ip\.faiss"):
         VectorIndex.load(art.path, "ip", art.manifest, art.item_vectors, use_gpu=False)

@@ -14,9 +14,10 @@ import httpx
 import pytest
 import redis
 
+from mrdib.artifact.store import load_artifact
 from service.api import create_app
 from service.settings import Settings
-from tests._service_helpers import PrivateRedis, ServerThread, build_artifact
+from tests._service_helpers import PrivateRedis, ServerThread, assert_topk, user_tower_vector
 
 pytestmark = [pytest.mark.redis, pytest.mark.skipif(shutil.which("redis-server") is None,
                                                     reason="redis-server not installed")]
@@ -36,9 +37,10 @@ def stream_ids(r: redis.Redis, stream: str) -> list[str]:
     return [f[b"event_id"].decode() for _, f in r.xrange(stream)]
 
 
-def test_redis_outage_and_recovery(tmp_path):
+def test_redis_outage_and_recovery(tmp_path, build_artifact):
     root = tmp_path / "artifacts"
-    build_artifact(root)
+    art = load_artifact(root / build_artifact(root))
+    u1, u2, u3, u4 = art.user_ids[1:5]
     rs = PrivateRedis()
     rs.start()
     wal = tmp_path / "wal.jsonl"
@@ -55,29 +57,32 @@ def test_redis_outage_and_recovery(tmp_path):
                 accepted.append(resp.json()["event_id"])
                 return resp.json()["durable_in"]
 
-            assert post_event("u1", "i1") == "redis"
-            http.post("/recommend", json={"user_id": "u1"})
-            assert http.post("/recommend", json={"user_id": "u1"}).json()["cached"] is True
+            assert post_event(u1, art.item_ids[1]) == "redis"
+            http.post("/recommend", json={"user_id": u1})
+            assert http.post("/recommend", json={"user_id": u1}).json()["cached"] is True
 
             rs.stop()
             # Requests keep working while Redis is gone: computed locally, never cached, never 5xx.
             for _ in range(3):
-                r = http.post("/recommend", json={"user_id": "u1", "k": 5})
+                r = http.post("/recommend", json={"user_id": u1, "k": 5})
                 assert r.status_code == 200 and r.json()["cached"] is False
             ready = http.get("/readyz")
             assert ready.status_code == 200 and ready.json()["redis"] == "degraded"
             assert "mrdib_redis_up 0.0" in http.get("/metrics").text
-            before = http.post("/recommend", json={"user_id": "u2", "k": 5}).json()["items"]
-            sinks = [post_event("u2", f"i{i}") for i in (1, 6, 11, 16)]
+            before = http.post("/recommend", json={"user_id": u2, "k": 5}).json()["items"]
+            clicked = [i["item_id"] for i in before[:4]]  # the user's current favourites: they must drop out
+            sinks = [post_event(u2, item) for item in clicked]
             assert sinks == ["wal"] * 4
             assert len(wal.read_text().splitlines()) == 4
             assert http.get("/readyz").json()["event_backlog"] == 4
             assert "mrdib_event_backlog 4.0" in http.get("/metrics").text
             # The events already shape this process's recommendations (local mirror).
-            after = http.post("/recommend", json={"user_id": "u2", "k": 5}).json()
+            after = http.post("/recommend", json={"user_id": u2, "k": 5}).json()
             assert after["cached"] is False and after["items"] != before
-            assert not {"i1", "i6", "i11", "i16"} & {i["item_id"] for i in after["items"]}
-            assert http.get("/items/i1/similar").status_code == 200
+            assert not set(clicked) & {i["item_id"] for i in after["items"]}
+            hist = [art.item_ids.index(i) for i in reversed(clicked)] + art.seen_items(2).tolist()
+            assert_topk(after["items"], art, user_tower_vector(art, hist), hist, 5)  # the tower over the events
+            assert http.get(f"/items/{art.item_ids[1]}/similar").status_code == 200
 
             rs.start()  # same port, same AOF dir: what Redis had before the outage is back
             wait_for(lambda: http.get("/readyz").json()["redis"] == "ok", what="redis ok")
@@ -85,12 +90,12 @@ def test_redis_outage_and_recovery(tmp_path):
             assert wal.read_text() == ""
             r = redis.Redis.from_url(rs.url)
             assert sorted(stream_ids(r, "t:events")) == sorted(accepted)  # none lost, none duplicated
-            assert r.lrange("t:hist:u2", 0, -1) == [b"i16", b"i11", b"i6", b"i1"]
-            assert post_event("u3", "i3") == "redis"
+            assert r.lrange(f"t:hist:{u2}", 0, -1) == [i.encode() for i in reversed(clicked)]
+            assert post_event(u3, art.item_ids[3]) == "redis"
 
             # A crash after replay but before truncation leaves replayed lines in the WAL: replaying them
             # again must not duplicate anything.
-            stale = {"event_id": accepted[1], "user_id": "u2", "item_id": "i1", "type": "click",
+            stale = {"event_id": accepted[1], "user_id": u2, "item_id": clicked[0], "type": "click",
                      "ts": "2026-01-01T00:00:00Z"}
             with open(wal, "a") as f:
                 f.write(json.dumps(stale) + "\n")
@@ -99,7 +104,7 @@ def test_redis_outage_and_recovery(tmp_path):
             text = http.get("/metrics").text
             assert 'mrdib_events_replayed_total{result="duplicate"} 1.0' in text
             assert 'mrdib_events_replayed_total{result="applied"} 4.0' in text
-            cached = [http.post("/recommend", json={"user_id": "u4"}).json()["cached"] for _ in range(2)]
+            cached = [http.post("/recommend", json={"user_id": u4}).json()["cached"] for _ in range(2)]
             assert cached == [False, True]
     finally:
         rs.close()

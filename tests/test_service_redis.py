@@ -16,13 +16,13 @@ import redis
 from mrdib.artifact.store import load_artifact
 from service.api import create_app
 from service.settings import Settings
-from tests._service_helpers import ServerThread, build_artifact, redis_available
+from tests._service_helpers import ServerThread, assert_topk, redis_available, user_tower_vector
 
 pytestmark = pytest.mark.redis
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, build_artifact):
     import os
 
     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -50,11 +50,12 @@ def test_ready_reports_redis_ok(env):
 
 def test_cache_hit_after_miss_in_redis(env):
     http, r, prefix, v = env["http"], env["redis"], env["prefix"], env["version"]
-    first = http.post("/recommend", json={"user_id": "u7"}).json()
-    second = http.post("/recommend", json={"user_id": "u7"}).json()
+    user = env["art"].user_ids[7]
+    first = http.post("/recommend", json={"user_id": user}).json()
+    second = http.post("/recommend", json={"user_id": user}).json()
     assert (first["cached"], second["cached"]) == (False, True)
     assert first["items"] == second["items"]
-    key = f"{prefix}uvec:u7"  # one hash per user, one field per model version
+    key = f"{prefix}uvec:{user}"  # one hash per user, one field per model version
     raw = r.hget(key, v)
     dim = env["art"].manifest.embedding_dim
     assert np.allclose(np.frombuffer(raw[: 4 * dim], np.float32), env["art"].user_vectors[7])
@@ -64,52 +65,55 @@ def test_cache_hit_after_miss_in_redis(env):
 
 def test_event_is_streamed_invalidates_cache_and_changes_recommendation(env):
     http, r, prefix, art = env["http"], env["redis"], env["prefix"], env["art"]
-    http.post("/recommend", json={"user_id": "u10", "k": 5})
-    assert http.post("/recommend", json={"user_id": "u10", "k": 5}).json()["cached"] is True
-    before = http.post("/recommend", json={"user_id": "u10", "k": 5}).json()["items"]
-    resp = http.post("/events", json={"user_id": "u10", "item_id": "i3", "type": "purchase",
+    user = art.user_ids[10]
+    http.post("/recommend", json={"user_id": user, "k": 5})
+    assert http.post("/recommend", json={"user_id": user, "k": 5}).json()["cached"] is True
+    before = http.post("/recommend", json={"user_id": user, "k": 5}).json()["items"]
+    item = before[0]["item_id"]  # the user buys its top recommendation
+    resp = http.post("/events", json={"user_id": user, "item_id": item, "type": "purchase",
                                       "timestamp": "2026-01-02T03:04:05Z"})
     assert resp.status_code == 202 and resp.json()["durable_in"] == "redis"
     eid = resp.json()["event_id"]
     entries = [f for _, f in r.xrange(env["stream"]) if f[b"event_id"] == eid.encode()]
-    assert len(entries) == 1 and entries[0][b"item_id"] == b"i3" and entries[0][b"type"] == b"purchase"
+    assert len(entries) == 1 and entries[0][b"item_id"] == item.encode() and entries[0][b"type"] == b"purchase"
     assert entries[0][b"ts"].startswith(b"2026-01-02T03:04:05")
-    assert r.lrange(f"{prefix}hist:u10", 0, -1) == [b"i3"]
-    assert r.exists(f"{prefix}uvec:u10") == 0 and r.get(f"{prefix}uev:u10") == b"1"
-    after = http.post("/recommend", json={"user_id": "u10", "k": 5}).json()
+    assert r.lrange(f"{prefix}hist:{user}", 0, -1) == [item.encode()]
+    assert r.exists(f"{prefix}uvec:{user}") == 0 and r.get(f"{prefix}uev:{user}") == b"1"
+    after = http.post("/recommend", json={"user_id": user, "k": 5}).json()
     assert after["cached"] is False and after["items"] != before
-    hist = [3, *art.seen_items(10)]
-    u = art.item_vectors[hist].mean(axis=0)
-    scores = art.item_vectors @ u
-    scores[hist] = -np.inf
-    assert [i["item_id"] for i in after["items"]] == [f"i{x}" for x in np.argsort(-scores)[:5]]
-    assert "i3" not in {i["item_id"] for i in after["items"]}
+    # The artifact's user tower over the event, then the training history (most recent first).
+    hist = [art.item_ids.index(item), *art.seen_items(10).tolist()]
+    assert_topk(after["items"], art, user_tower_vector(art, hist), hist, 5)
+    assert item not in {i["item_id"] for i in after["items"]}
 
 
 def test_duplicate_event_id_is_recorded_once(env):
     http, r = env["http"], env["redis"]
-    ev = {"user_id": "u11", "item_id": "i4", "type": "view", "event_id": "dup-" + uuid.uuid4().hex}
+    ev = {"user_id": env["art"].user_ids[11], "item_id": env["art"].item_ids[4], "type": "view",
+          "event_id": "dup-" + uuid.uuid4().hex}
     assert http.post("/events", json=ev).status_code == 202
     assert http.post("/events", json=ev).status_code == 202
     assert sum(1 for _, f in r.xrange(env["stream"]) if f[b"event_id"] == ev["event_id"].encode()) == 1
 
 
 def test_new_user_with_events_gets_history_source(env):
-    http = env["http"]
+    http, art = env["http"], env["art"]
     user = "fresh-" + uuid.uuid4().hex[:6]
     assert http.post("/recommend", json={"user_id": user}).json()["source"] == "popular"
-    http.post("/events", json={"user_id": user, "item_id": "i2", "type": "click"})
+    http.post("/events", json={"user_id": user, "item_id": art.item_ids[2], "type": "click"})
     body = http.post("/recommend", json={"user_id": user, "k": 5}).json()
-    assert body["source"] == "history" and all(int(i["item_id"][1:]) % 5 == 2 for i in body["items"])
+    assert body["source"] == "history"
+    assert_topk(body["items"], art, user_tower_vector(art, [2]), [2], 5)  # the tower over the one click
     assert http.post("/recommend", json={"user_id": user, "k": 5}).json()["cached"] is True
 
 
 def test_history_cap(env):
-    http, r, prefix = env["http"], env["redis"], env["prefix"]
+    http, r, prefix, art = env["http"], env["redis"], env["prefix"], env["art"]
+    user = art.user_ids[12]
     for i in range(55):
-        http.post("/events", json={"user_id": "u12", "item_id": f"i{i}", "type": "view"})
-    hist = r.lrange(f"{prefix}hist:u12", 0, -1)
-    assert len(hist) == 50 and hist[0] == b"i54"
+        http.post("/events", json={"user_id": user, "item_id": art.item_ids[i], "type": "view"})
+    hist = r.lrange(f"{prefix}hist:{user}", 0, -1)
+    assert len(hist) == 50 and hist == [i.encode() for i in art.item_ids[54:4:-1]]
 
 
 def test_concurrent_events_group_commit_each_once_in_order(env):
@@ -118,9 +122,9 @@ def test_concurrent_events_group_commit_each_once_in_order(env):
     order in which they were accepted."""
     import asyncio
 
-    http, r, stream = env["http"], env["redis"], env["stream"]
+    http, r, stream, items = env["http"], env["redis"], env["stream"], env["art"].item_ids
     run = uuid.uuid4().hex[:8]
-    events = [{"user_id": f"gc-{run}-{i % 7}", "item_id": f"i{i % 50}", "type": "view", "event_id": f"{run}-{i}"}
+    events = [{"user_id": f"gc-{run}-{i % 7}", "item_id": items[i % 50], "type": "view", "event_id": f"{run}-{i}"}
               for i in range(300)]
     events += [dict(events[i]) for i in range(0, 300, 15)]  # 20 re-sent ids, in flight with the originals
 
