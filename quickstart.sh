@@ -12,6 +12,9 @@
 #                   (used only when the catalogue is generated, i.e. MRDIB_HOME/data/synth is empty)
 #   DEVICE          auto | cpu | cuda                               (default: auto)
 #   NO_SERVE=1      stop after publishing the artifact
+#   TORCH_INDEX_URL where the first install takes torch from (default: PyTorch's CPU wheels, so no multi-GB
+#                   CUDA build is pulled; e.g. https://download.pytorch.org/whl/cu128 for CUDA; see
+#                   deploy/install-torch.sh)
 # An existing .venv/bin/mrdib (e.g. from `bash .ci/run`) is reused as is: nothing is reinstalled.
 set -euo pipefail
 CALLER_DIR=$PWD
@@ -30,7 +33,7 @@ if [ ! -x .venv/bin/mrdib ]; then
   echo "==> installing into .venv (CPU torch first, so no CUDA build is pulled)"
   ${PYTHON:-python3} -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q torch==2.13.0
+  sh deploy/install-torch.sh .venv/bin/python   # the CPU build, from TORCH_INDEX_URL
   .venv/bin/python -m pip install -q -e ".[train,serve]"
 fi
 MRDIB=.venv/bin/mrdib

@@ -17,6 +17,8 @@
 #   MRDIB_TRAIN_ARGS  extra arguments for `mrdib train`, e.g. "--batch-size 512 --seed 7" []
 #   MRDIB_EXPORT_ARGS extra arguments for `mrdib export`, e.g. "--tower-epochs 20 --keep 3" []
 #   MRDIB_FORCE_TRAIN 1 = train even when a model is already published [0]
+# Leaves: the new version under MRDIB_ARTIFACTS (and `current` pointing to it), and its model weights in
+# MRDIB_ARTIFACTS/retrain/checkpoints/<version>/ for the retraining's warm start; the checkpoint itself is scratch.
 # Exit status: 0 published (or already published), non-zero = the failing step's status.
 set -eu
 
@@ -60,5 +62,9 @@ log "exporting $checkpoint -> $artifacts"
 mrdib export --checkpoint "$checkpoint" --out "$artifacts" ${MRDIB_EXPORT_ARGS:-}
 version=$(cat "$artifacts/current")
 mrdib artifact verify "$artifacts/$version"
+# The weights stay where `mrdib retrain` looks for the served version's checkpoint, so that the first nightly
+# retraining is warm-started from this model too (every retraining keeps its own there the same way).
+mkdir -p "$artifacts/retrain/checkpoints/$version"
+cp "$checkpoint/model.safetensors" "$artifacts/retrain/checkpoints/$version/model.safetensors"
 log "published $version"
 rm -rf "$checkpoint"

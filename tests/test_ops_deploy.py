@@ -106,26 +106,55 @@ def _compose_cmd() -> list[str] | None:
     return None
 
 
+def _compose_config(cmd: list[str], **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MRDIB_", "COMPOSE_"))}
+    return subprocess.run([*cmd, "-f", str(REPO / "docker-compose.yml"), "config"], capture_output=True, text=True,
+                          timeout=60, cwd=REPO, env={**clean, **env})  # fmt: skip
+
+
+def _first_model_jobs(svc: dict) -> list[str]:
+    """Services that run the one-shot first-model job."""
+    return sorted(n for n, s in svc.items() if "/app/deploy/train-and-publish.sh" in (s.get("command") or []))
+
+
+def _reservations(s: dict) -> list[dict]:
+    return ((s.get("deploy") or {}).get("resources") or {}).get("reservations", {}).get("devices", [])
+
+
 def test_compose_validates() -> None:
+    """Both variants validate, and the GPU one REPLACES the CPU trainer: exactly one first-model job either way
+    (never two training the first model side by side), idempotent (no MRDIB_FORCE_TRAIN: a second `up` does
+    not retrain), and the GPU reservation only in the GPU variant."""
     cmd = _compose_cmd()
     if cmd is None:
         pytest.skip("neither `docker compose` nor `docker-compose` is installed")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MRDIB_", "COMPOSE_"))}
-    r = subprocess.run([*cmd, "-f", str(REPO / "docker-compose.yml"), "--profile", "gpu", "config"],
-                       capture_output=True, text=True, timeout=60, cwd=REPO, env=env)  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    cfg = yaml.safe_load(r.stdout)
-    svc = cfg["services"]
-    assert svc["api"]["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
-    assert svc["api"]["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert svc["api"]["environment"].get("MRDIB_ADMIN_TOKEN") in (None, "")  # never baked in
-    assert "--appendonly" in svc["redis"]["command"] and "healthcheck" in svc["redis"]
-    assert svc["retrain"]["environment"]["RETRAIN_SCHEDULE"] == "0 2 * * *"
-    assert svc["trainer-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
-    assert svc["trainer-gpu"]["profiles"] == ["gpu"]
-    for name in ("trainer", "retrain", "trainer-gpu"):
-        assert svc[name]["build"]["target"] == "train"
-    assert svc["api"]["build"]["target"] == "serve"
+    configs = {}
+    for variant in ("cpu", "gpu"):
+        r = _compose_config(cmd, **({"MRDIB_VARIANT": variant} if variant == "gpu" else {}))
+        assert r.returncode == 0, r.stderr
+        configs[variant] = yaml.safe_load(r.stdout)["services"]
+    for variant, svc in configs.items():
+        assert svc["api"]["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
+        assert svc["api"]["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert svc["api"]["environment"].get("MRDIB_ADMIN_TOKEN") in (None, "")  # never baked in
+        assert "--appendonly" in svc["redis"]["command"] and "healthcheck" in svc["redis"]
+        assert svc["retrain"]["environment"]["RETRAIN_SCHEDULE"] == "0 2 * * *"
+        assert _first_model_jobs(svc) == ["trainer"], variant
+        assert not any("MRDIB_FORCE_TRAIN" in (s.get("environment") or {}) for s in svc.values()), variant
+        for name in ("trainer", "retrain"):
+            assert svc[name]["build"]["target"] == "train" and svc[name]["build"]["args"]["VARIANT"] == variant
+            assert svc[name]["image"].startswith(f"mrdib-train-{variant}:")
+        assert svc["api"]["build"]["target"] == "serve" and not _reservations(svc["api"])
+    cpu, gpu = configs["cpu"], configs["gpu"]
+    for name in ("trainer", "retrain"):
+        assert cpu[name]["environment"]["MRDIB_DEVICE"] == "cpu" and not _reservations(cpu[name])
+        assert gpu[name]["environment"]["MRDIB_DEVICE"] == "cuda"
+        (dev,) = _reservations(gpu[name])
+        assert dev["driver"] == "nvidia" and dev["count"] == 1 and dev["capabilities"] == ["gpu"]
+    assert set(cpu) == set(gpu)  # the same services: the variant replaces, it does not add
+    # An unknown variant is refused, not silently CPU.
+    r = _compose_config(cmd, MRDIB_VARIANT="tpu")
+    assert r.returncode != 0 and "device-tpu" in r.stderr
 
 
 def test_first_model_defaults_match_quickstart() -> None:

@@ -1,8 +1,10 @@
 """End to end, for real, with the commands the containers run: deploy/train-and-publish.sh (compose's
 `trainer`: synthetic catalogue -> `mrdib train` FREEDOM+MRdIB -> `mrdib export` -> verify) -> the real
-service on a loopback port with Redis -> events through the API -> `mrdib retrain` (what compose's
-`retrain` schedules) consumes them, trains, gates, publishes -> the running service switches to the
-new version by itself -> a second `mrdib retrain` has nothing to do.
+service on a loopback port with Redis -> events, a new item (PUT) and a hidden one (DELETE) through the
+API -> `mrdib retrain` (what compose's `retrain` schedules) consumes the events, merges the new item into
+the catalogue, trains warm-started from the first model, gates, publishes -> the running service switches
+to the new version by itself, which holds the new item (the side index is emptied) and still hides the
+deleted one -> a second `mrdib retrain` has nothing to do.
 
 The first retraining runs the typer app in-process (no second torch import); the rest are the
 installed entry point. The Redis stream and key prefix are unique per test and deleted afterwards.
@@ -32,6 +34,8 @@ from mrdib.cli import app  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 SWITCH_TIMEOUT_S = 30.0
+TOKEN = "e2e-admin-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture
@@ -101,12 +105,14 @@ def test_events_retrain_promote_and_hot_switch(tmp_path: Path, redis_names) -> N
     assert v0 is not None and f"published {v0}" in r.stderr
     m0 = store.verify_artifact(root / v0)
     assert m0.backbone == "freedom" and m0.mrdib is not None and (m0.n_users, m0.n_items) == (90, 70)
-    assert not any(work.iterdir())  # the checkpoint was scratch
+    assert not any(work.iterdir())  # the checkpoint was scratch; its weights stay for the warm start:
+    assert (root / "retrain" / "checkpoints" / v0 / "model.safetensors").is_file()
     ds = load_dataset(data)
 
     # 2. The real service, on Redis, following `current` every 0.2 s.
     settings = Settings(artifacts=root, redis_url=REDIS_URL, stream=stream, redis_key_prefix=prefix,
-                        poll_interval_s=0.2, wal_path=tmp_path / "wal.jsonl", cpu_threads=2)  # fmt: skip
+                        poll_interval_s=0.2, wal_path=tmp_path / "wal.jsonl", cpu_threads=2,
+                        admin_token=TOKEN)  # fmt: skip
     with ServerThread(create_app(settings)) as srv, httpx.Client(base_url=srv.url, timeout=15) as http:
         assert http.get("/model").json()["model_version"] == v0
 
@@ -119,33 +125,52 @@ def test_events_retrain_promote_and_hot_switch(tmp_path: Path, redis_names) -> N
             fresh = [i for i in range(ds.n_items) if i not in seen][:2]
             known += [(ds.user_ids[u], ds.item_ids[i]) for i in fresh]
         visitor = f"visitor-{uuid.uuid4().hex[:8]}"
-        posted = [*known, *[(visitor, ds.item_ids[i]) for i in (3, 11, 29, 47)], (ds.user_ids[0], "no-such-item")]
+        # A new item from its features (the side index) and a hidden catalogue item; events on the new item.
+        sku, hidden = f"sku-{uuid.uuid4().hex[:8]}", ds.item_ids[60]
+        features = {m: (x[5] + 0.05).tolist() for m, x in ds.features.items()}
+        assert http.put(f"/items/{sku}", json={"features": features}, headers=AUTH).status_code == 200
+        assert http.delete(f"/items/{hidden}", headers=AUTH).status_code in (200, 204)
+        side = http.get("/model").json()
+        assert (side["side_index_size"], side["hidden_items"], side["n_items"]) == (1, 1, 70)
+        posted = [*known, *[(visitor, ds.item_ids[i]) for i in (3, 11, 29, 47)], (visitor, sku),
+                  (ds.user_ids[1], sku), (ds.user_ids[0], "no-such-item")]  # fmt: skip
         for user, item in posted:
             r = http.post("/events", json={"user_id": user, "item_id": item, "type": "click"})
             assert r.status_code == 202 and r.json()["durable_in"] == "redis", r.text
 
         # 4. The retraining job consumes them, trains, gates and promotes.
         out = _cli("retrain", "--artifacts", str(root), "--base", str(data), "--redis-url", REDIS_URL,
-                   "--stream", stream, "--epochs", "2", "--tower-epochs", "5", "--device", "cpu",
-                   "--tolerance", "1.0", "--json")  # fmt: skip
+                   "--stream", stream, "--key-prefix", prefix, "--epochs", "2", "--tower-epochs", "5",
+                   "--device", "cpu", "--tolerance", "1.0", "--json")  # fmt: skip
         report = json.loads(out)
         assert report["status"] == "promoted", report
         assert report["events"] == len(posted)
-        merge = report["merge"]
+        side_report = report["side_items"]
+        assert (side_report["added"], side_report["hidden"], side_report["cleared"]) == (1, 1, 1), side_report
+        merge = report["merge"]  # the events on the new item are interactions, not unknown items
         assert merge["added"] == len(posted) - 1 and merge["skipped_unknown_item"] == 1 and merge["new_users"] == 1
+        assert report["warm_start"]["from_version"] == v0, report["warm_start"]  # from the bootstrap model
         gate = report["gate"]
         assert gate["passed"] and gate["current_version"] == v0 and gate["current"] is not None
         v1 = report["version"]
         assert v1 != v0 and store.current_version(root) == v1
         m1 = store.verify_artifact(root / v1)
         assert m1.n_users == ds.n_users + 1 and m1.quality_gate["passed"] is True and m1.mrdib is not None
+        assert m1.n_items == ds.n_items + 1 and store.load_artifact(root / v1).item_ids[-1] == sku
+        assert not redis.Redis.from_url(REDIS_URL).hlen(f"{prefix}items:side")  # merged: side index emptied
 
-        # 5. The running service switches by itself and knows the new user.
+        # 5. The running service switches by itself, knows the new user and the new item, still hides the other.
         switch_s = _wait_for_version(http, v1)
         print(f"service switched to {v1} {switch_s:.2f}s after promotion")
         rec = http.post("/recommend", json={"user_id": visitor, "k": 5})
         assert rec.status_code == 200 and rec.json()["model_version"] == v1 and rec.json()["source"] != "popular"
         assert len(rec.json()["items"]) == 5
+        info = http.get("/model").json()
+        assert (info["n_items"], info["side_index_size"], info["hidden_items"]) == (71, 0, 1), info
+        assert http.get(f"/items/{sku}/similar", params={"k": 5}).status_code == 200
+        everything = http.post("/recommend", json={"user_id": ds.user_ids[2], "k": 71, "exclude_seen": False})
+        ids = [x["item_id"] for x in everything.json()["items"]]
+        assert sku in ids and hidden not in ids
 
         # 6. Nothing new: the installed command exits 0 with nothing to do and publishes nothing.
         versions = sorted(p.name for p in root.iterdir() if p.is_dir())

@@ -1,34 +1,44 @@
-"""`mrdib retrain`: state, lock, exactly-once event consumption (real Redis), merge, quality gate."""
+"""`mrdib retrain`: state, lock, exactly-once event consumption (real Redis), merge of events and of the
+service's side items (PUT /items), quality gate (decision, log event, manifest), warm start, exit codes."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 
 from training.data.dataset import TEST, TRAIN, VALID, InteractionDataset
 from training.retrain import (
+    EXIT_BAD_INPUT,
     EXIT_LOCKED,
+    EXIT_UNAVAILABLE,
     LockedError,
     RetrainError,
     RetrainSettings,
     RetrainState,
+    SideItem,
     StreamEvent,
+    clear_side_items,
     gate_decision,
     gate_scores,
     load_state,
     merge_events,
+    merge_side_items,
     read_events,
+    read_side_items,
     retrain_lock,
     run_retrain,
     save_state,
+    side_item_keys,
     warm_start_state,
     write_mmrec,
 )
@@ -106,13 +116,59 @@ def test_lock_refuses_second_holder(tmp_path: Path) -> None:
         pass
 
 
+def _retrain_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """`mrdib retrain ARGS` as a real process, with none of the caller's MRDIB_* / REDIS_URL settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MRDIB_") and k != "REDIS_URL"}
+    cmd = [sys.executable, "-c", "import sys; from mrdib.cli import app; sys.argv[0] = 'mrdib'; app()", "retrain",
+           *args]  # fmt: skip
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+
+def _closed_port() -> int:
+    """A loopback port nobody listens on (bound once by us, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_cli_exits_75_while_locked(tmp_path: Path) -> None:
-    env = {**os.environ, "MRDIB_ARTIFACTS": str(tmp_path), "MRDIB_DATASET": str(tmp_path / "none")}
-    cmd = [sys.executable, "-c", "import sys; from mrdib.cli import app; sys.argv[0] = 'mrdib'; app()", "retrain"]
     with retrain_lock(tmp_path):
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+        r = _retrain_cli(tmp_path, "--artifacts", str(tmp_path), "--base", str(tmp_path / "none"))
     assert r.returncode == EXIT_LOCKED, r.stderr
     assert "holds the lock" in r.stderr
+
+
+def test_cli_exits_2_on_a_bad_tolerance(tmp_path: Path) -> None:
+    r = _retrain_cli(tmp_path, "--artifacts", str(tmp_path), "--base", str(tmp_path), "--tolerance", "5")
+    assert r.returncode == EXIT_BAD_INPUT, r.stdout + r.stderr
+    assert "bad settings: --tolerance:" in r.stderr and "less than or equal to 1" in r.stderr and "5.0" in r.stderr
+    assert not (tmp_path / "retrain").exists()  # refused before anything was touched
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("case", ["missing", "invalid"])
+def test_cli_exits_2_on_a_bad_base_dataset(tmp_path: Path, redis_client, case: str) -> None:
+    _, keys = redis_client
+    stream = _stream_key()
+    keys.append(stream)
+    base = tmp_path / "dataset"
+    if case == "invalid":  # a folder that is not an MMRec dataset: the loader names the file and the problem
+        base.mkdir()
+        (base / "x.inter").write_text("userID\titemID\n0\t0\n", encoding="utf-8")
+    r = _retrain_cli(tmp_path, "--artifacts", str(tmp_path / "artifacts"), "--base", str(base), "--redis-url",
+                     REDIS_URL, "--stream", stream, "--key-prefix", stream + ":")  # fmt: skip
+    assert r.returncode == EXIT_BAD_INPUT, r.stdout + r.stderr
+    assert str(base) in r.stderr
+    if case == "missing":
+        assert "base dataset folder does not exist (--base / MRDIB_DATASET)" in r.stderr
+
+
+def test_cli_exits_69_when_redis_is_unreachable(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{_closed_port()}/0"
+    r = _retrain_cli(tmp_path, "--artifacts", str(tmp_path), "--base", str(tmp_path), "--redis-url", url)
+    assert r.returncode == EXIT_UNAVAILABLE, r.stdout + r.stderr
+    assert f"Redis unreachable at {url}" in r.stderr
+    assert not (tmp_path / "retrain" / "state.json").exists()
 
 
 # ---------------------------------------------------------------------------------------------- events
@@ -194,6 +250,96 @@ def test_merge_is_deterministic_and_roundtrips_through_mmrec(tmp_path: Path) -> 
         write_mmrec(a, tmp_path / "merged")
 
 
+# ---------------------------------------------------------------------------------------------- side items
+
+
+def _side(item_id: str, vec, seconds: int = 0, modality: str = "text") -> SideItem:
+    return SideItem(item_id, {modality: np.asarray(vec, dtype=np.float32)},
+                    datetime(2026, 11, 1, tzinfo=UTC) + timedelta(seconds=seconds), f"raw-{item_id}".encode())
+
+
+def test_merge_side_items_appends_updates_and_rejects(tmp_path: Path) -> None:
+    ds = _tiny_dataset()
+    before = ds.features["text"].copy()
+    items = [
+        _side("new-b", [1, 2, 3, 4], seconds=2), _side("new-a", [5, 6, 7, 8], seconds=1),  # appended in PUT order
+        _side("i1", [9, 9, 9, 9]),  # a catalogue item with new features
+        _side("i2", ds.features["text"][2]),  # already in the data as it is
+        _side("bad-dim", [1, 2, 3]), _side("bad-modality", [1, 2, 3, 4], modality="image"),
+        _side("bad-nan", [1, float("nan"), 3, 4]), _side("bad\tid", [1, 2, 3, 4]),
+    ]  # fmt: skip
+    out, rep, merged, warnings = merge_side_items(ds, items)
+    assert (rep.items, rep.added, rep.updated, rep.unchanged, rep.rejected) == (8, 2, 1, 1, 4)
+    assert out.item_ids == [*ds.item_ids, "new-a", "new-b"]
+    np.testing.assert_array_equal(out.features["text"][6:], [[5, 6, 7, 8], [1, 2, 3, 4]])
+    np.testing.assert_array_equal(out.features["text"][1], [9, 9, 9, 9])
+    np.testing.assert_array_equal(np.delete(out.features["text"][:6], 1, axis=0), np.delete(before, 1, axis=0))
+    np.testing.assert_array_equal(ds.features["text"], before)  # pure: the input is untouched
+    for a in ("users", "items", "splits"):  # interactions unchanged
+        np.testing.assert_array_equal(getattr(out, a), getattr(ds, a))
+    assert sorted(m.item_id for m in merged) == ["i1", "i2", "new-a", "new-b"]
+    assert len(warnings) == 4 and any("'bad-dim'" in w and "3 values, the dataset has 4" in w for w in warnings)
+    # Events on the new items are interactions now, not unknown items.
+    with_events, er = merge_events(out, [_event("u0", "new-a"), _event("u-new", "new-b"), _event("u1", "ghost")], 1)
+    assert (er.added, er.skipped_unknown_item) == (2, 1)
+    # The same side index again (a run after a failed gate): nothing new.
+    again, rep2, merged2, _ = merge_side_items(out, items)
+    assert again is out and (rep2.added, rep2.updated, rep2.unchanged, rep2.rejected) == (0, 0, 4, 4)
+    assert len(merged2) == 4
+    from training.data.mmrec import load_mmrec
+
+    back = load_mmrec(write_mmrec(with_events, tmp_path / "merged"))
+    assert back.item_ids == with_events.item_ids
+    np.testing.assert_array_equal(back.features["text"], with_events.features["text"])
+
+
+def test_side_item_keys_are_the_services() -> None:
+    from service.metrics import Metrics
+    from service.redis_link import RedisLink
+    from service.settings import Settings
+
+    link = RedisLink(Settings(redis_url=REDIS_URL, redis_key_prefix="pfx:"), Metrics())
+    assert link.items_keys() == side_item_keys("pfx:")
+
+
+@pytest.mark.redis
+def test_side_items_in_the_services_format_are_read_and_cleared(redis_client) -> None:
+    """Records encoded by the service's own code (service.items.encode_side) under the service's keys are read,
+    merged and, after a promotion, cleared -- except one PUT again meanwhile. (tests/test_ops_e2e.py does the
+    same through the running service's PUT/DELETE routes.)"""
+    from service.items import SideItem as ServiceSideItem
+    from service.items import encode_side
+
+    client, keys = redis_client
+    prefix = f"test-ops:{uuid.uuid4().hex}:"
+    side_key, deleted_key, ver_key = side_item_keys(prefix)
+    keys += [side_key, deleted_key, ver_key]
+
+    def put(item_id: str, x: np.ndarray) -> None:
+        client.hset(side_key, item_id, encode_side(ServiceSideItem({"text": x}, datetime.now(UTC))))
+        client.incr(ver_key)
+
+    feats = {"sku-1": np.arange(4, dtype=np.float32), "sku-2": np.full(4, 0.5, np.float32)}
+    for item_id, x in feats.items():
+        put(item_id, x)
+    client.sadd(deleted_key, "sku-3", "i0")
+    client.hset(side_key, "junk", "not json")  # written by something else
+    snap = read_side_items(client, prefix)
+    assert set(snap.items) == {"sku-1", "sku-2"} and snap.deleted == {"sku-3", "i0"}
+    assert "unreadable side item record" in snap.unreadable["junk"]
+    for item_id, x in feats.items():
+        np.testing.assert_array_equal(snap.items[item_id].features["text"], x)
+    _, rep, merged, _ = merge_side_items(_tiny_dataset(), snap.items.values())
+    assert rep.added == 2
+    put("sku-2", np.zeros(4, np.float32))  # changed while the run trained
+    ver = int(client.get(ver_key))
+    assert clear_side_items(client, merged, prefix) == 1  # sku-1; the newer sku-2 waits for the next run
+    left = read_side_items(client, prefix)
+    assert set(left.items) == {"sku-2"} and left.items["sku-2"].features["text"].sum() == 0
+    assert "junk" in left.unreadable and left.deleted == {"sku-3", "i0"}  # never touched
+    assert int(client.get(ver_key)) == ver  # clearing is not an item change (see clear_side_items)
+
+
 # ---------------------------------------------------------------------------------------------- gate
 
 
@@ -246,9 +392,13 @@ def test_warm_start_copies_and_grows_rows() -> None:
     old = {"user": torch.ones(3, 2), "item": torch.full((4, 2), 2.0), "w": torch.zeros(5)}
     new = {"user": torch.zeros(5, 2), "item": torch.zeros(4, 2), "w": torch.zeros(6), "extra": torch.zeros(1)}
     state, counts = warm_start_state(new, old)
-    assert counts == {"copied": 1, "partial": 2, "fresh": 1}
+    assert counts == {"copied": 1, "partial": 2, "fresh": 1, "data": 0}
     assert state["user"][:3].eq(1).all() and state["user"][3:].eq(0).all()
     assert state["item"].eq(2).all()
+    # Tensors training does not change (item features, feature statistics) are data: the new dataset's.
+    state, counts = warm_start_state(new, old, learned={"user", "w", "extra"})
+    assert counts == {"copied": 0, "partial": 2, "fresh": 1, "data": 1}
+    assert state["item"].eq(0).all() and state["user"][:3].eq(1).all()
 
 
 # ---------------------------------------------------------------------------------------------- full runs
@@ -282,6 +432,29 @@ def _publish_vectors(root: Path, ds, user: np.ndarray, item: np.ndarray, trainin
                     "cosine": {"file": S.INDEX_COS, "factory": "Flat", "metric": "cosine"}},
     }, root)  # fmt: skip
     return m.model_version
+
+
+def _recall_at_20(ds: InteractionDataset, art, users_of: list[str]) -> tuple[float, int]:
+    """Mean valid Recall@20 (hits / valid items, MMRec's definition) of an artifact's vectors over the users of
+    `ds` that `users_of` knows and that have valid items; train items masked, items the artifact lacks never
+    recommended. Deliberately naive numpy, independent of training.evaluation."""
+    urow = {x: r for r, x in enumerate(art.user_ids)}
+    irow = {x: r for r, x in enumerate(art.item_ids)}
+    known = set(users_of)
+    train, valid = ds.csr(TRAIN), ds.csr(VALID)
+    recalls = []
+    for u, uid in enumerate(ds.user_ids):
+        truth = set(valid.indices[valid.indptr[u]:valid.indptr[u + 1]].tolist())
+        if uid not in known or not truth:
+            continue
+        scores = np.full(ds.n_items, -np.inf)
+        for i, iid in enumerate(ds.item_ids):
+            if iid in irow:
+                scores[i] = float(art.user_vectors[urow[uid]] @ art.item_vectors[irow[iid]])
+        scores[train.indices[train.indptr[u]:train.indptr[u + 1]]] = -np.inf
+        top = np.argsort(-scores, kind="stable")[:20]
+        recalls.append(len(truth & set(top.tolist())) / len(truth))
+    return float(np.mean(recalls)), len(recalls)
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -324,14 +497,30 @@ def test_two_runs_consume_events_exactly_once(tmp_path: Path, redis_client) -> N
     # Run 2: two new events -> exactly those two are merged on top of run 1's dataset.
     _xadd(client, stream, "visitor-2", known_i[5])
     _xadd(client, stream, "visitor-1", known_i[6])
-    r2 = run_retrain(settings, client=client)
+    with capture_logs() as logs:
+        r2 = run_retrain(settings, client=client)
     assert r2.status == "promoted" and r2.details["events"] == 2 and r2.details["merge"]["added"] == 2
+    assert r2.details["warm_start"]["from_version"] == v1  # the checkpoint run 1 kept under retrain/checkpoints
     merged = load_dataset(root / "retrain" / "datasets" / RetrainState.model_validate_json(
         (root / "retrain" / "state.json").read_text()).dataset)  # fmt: skip
     assert len(merged.users) == len(base_ds.users) + 5  # 3 + 2: none merged twice
     assert merged.user_ids[-2:] == ["visitor-1", "visitor-2"]
     v2 = store.current_version(root)
-    assert v2 != v1 and store.read_manifest(root / v2).quality_gate["current_version"] == v1
+    gate = store.read_manifest(root / v2).quality_gate
+    assert v2 != v1 and gate["current_version"] == v1 and gate["passed"] is True
+    # The manifest's numbers are the valid Recall@20 of the two published models on the run's data, recomputed
+    # here from their artifacts with plain numpy (not through the evaluator the gate used).
+    a1, a2 = store.load_artifact(root / v1), store.load_artifact(root / v2)
+    cand, cur = _recall_at_20(merged, a2, a1.user_ids), _recall_at_20(merged, a1, a1.user_ids)
+    assert gate["candidate"] == pytest.approx(cand[0], abs=1e-9) and gate["current"] == pytest.approx(cur[0], abs=1e-9)
+    assert gate["n_users"] == cand[1] == cur[1] and 0.0 < cur[0] < 1.0
+    # ... and the decision went to the log as one structured event with both numbers and the tolerance.
+    events = [e for e in logs if e["event"] == "retrain_gate"]
+    assert len(events) == 1, logs
+    ev = events[0]
+    assert (ev["candidate"], ev["current"], ev["tolerance"], ev["current_version"]) == (
+        gate["candidate"], gate["current"], settings.tolerance, v1)  # fmt: skip
+    assert ev["decision"] == "promote" and ev["passed"] is True and ev["metric"] == "recall@20"
 
     # Run 3: nothing new -> nothing to do, nothing written.
     before = _snapshot(root)
@@ -372,3 +561,65 @@ def test_failed_gate_exits_3_keeps_current_and_consumes_events(tmp_path: Path, r
     before = _snapshot(root)  # the events stay consumed: a re-run has nothing to do
     assert run_retrain(settings, client=client).status == "nothing-to-do"
     assert _snapshot(root) == before
+
+
+@pytest.mark.redis
+def test_first_retrain_warm_starts_from_the_bootstrap_model(tmp_path: Path, redis_client) -> None:
+    """The first model was trained by `mrdib train` into a run folder that is still there (quickstart.sh keeps
+    runs/<ts>/) and exported; no retraining has run yet. The first retrain finds that checkpoint through the
+    manifest, and really starts from its weights: the old users' and items' embeddings are the initial ones,
+    and the first epoch's loss is the trained model's level, not a fresh model's."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file
+
+    from mrdib.artifact import store
+    from training.config import load_config
+    from training.data.load import load_dataset
+    from training.data.synth import SynthConfig, generate_synthetic
+    from training.export import export_checkpoint
+    from training.retrain import _warm_factory, find_warm_checkpoint
+    from training.trainer import ModelContext, train
+
+    client, keys = redis_client
+    stream = _stream_key()
+    keys.append(stream)
+    base = generate_synthetic(SynthConfig(n_users=60, n_items=50, n_interactions=900, seed=4), tmp_path / "base")
+    ds = load_dataset(base)
+    run = tmp_path / "runs" / "first"
+    cfg = load_config(None, {"backbone.name": "bpr", "mrdib.enabled": False}).model_copy(
+        update={"data": str(base), "out": str(run), "device": "cpu", "epochs": 12, "lr": 0.01})  # fmt: skip
+    first = train(cfg, ds, run, progress=False, curves=False)
+    root = tmp_path / "artifacts"
+    v0 = export_checkpoint(run, root, tower_epochs=3).model_version
+    assert not (root / "retrain").exists()  # never retrained: nothing under retrain/checkpoints
+    assert find_warm_checkpoint(root, store.load_current(root, verify=False)) == (run / "model.safetensors", str(run))
+
+    for k in range(3):
+        _xadd(client, stream, "visitor", ds.item_ids[k])
+    settings = RetrainSettings(artifacts=root, base=base, redis_url=REDIS_URL, stream=stream, key_prefix=stream + ":",
+                               epochs=1, device="cpu", tolerance=1.0, tower_epochs=3)  # fmt: skip
+    r = run_retrain(settings, client=client)
+    assert r.status == "promoted", r.details
+    w = r.details["warm_start"]
+    assert w["from_version"] == v0 and w["checkpoint"] == str(run / "model.safetensors")
+    assert (w["copied"], w["partial"]) == (1, 1)  # BPR: item table as is, user table grown by the visitor
+    assert f"warm start from {v0}" in "\n".join(r.lines())
+    cold_first = first.history[0]["loss"]["loss"]
+    trained = first.history[first.best_epoch]["loss"]["loss"]
+    warm_first = r.details["train"]["first_epoch_loss"]
+    assert abs(warm_first - trained) < abs(warm_first - cold_first), (cold_first, trained, warm_first)
+
+    # The factory the run used, on the run's dataset: old rows start exactly at the old weights.
+    old = load_file(str(run / "model.safetensors"))
+    state = RetrainState.model_validate_json((root / "retrain" / "state.json").read_text())
+    merged = load_dataset(root / "retrain" / "datasets" / state.dataset)
+    assert merged.n_users == ds.n_users + 1
+    model = _warm_factory(run / "model.safetensors", v0, {})(cfg, ModelContext.from_dataset(merged,
+                                                                                             torch.device("cpu")))
+    init = model.state_dict()
+    assert torch.equal(init["backbone.user_emb"][: ds.n_users], old["backbone.user_emb"])
+    assert torch.equal(init["backbone.item_emb"], old["backbone.item_emb"])
+    # The promoted version's own checkpoint is now where the next run looks first.
+    v1 = r.details["version"]
+    assert find_warm_checkpoint(root, store.load_current(root, verify=False))[0] == (
+        root / "retrain" / "checkpoints" / v1 / "model.safetensors")  # fmt: skip

@@ -1,19 +1,27 @@
-"""`mrdib retrain`: fold the interaction events collected by the service into the data, retrain,
-and promote the new model only when it is not worse than the one being served.
+"""`mrdib retrain`: fold the interaction events and the admin item changes collected by the service
+into the data, retrain, and promote the new model only when it is not worse than the one being served.
 
 One run, under an exclusive file lock (a second concurrent run exits 75 at once)::
 
     state = ROOT/retrain/state.json          stream position + the dataset the last run produced
     events = XRANGE stream (state.last_id, end]   end = the stream's last id when the run starts
-    no events (and a model is published)     -> exit 0, nothing written
-    merged = dataset + events                append-only: old rows keep their splits, new
+    side = HGETALL {prefix}items:side        items PUT through the API (service/items.py), not yet trained on
+    no events, no side items (and a model is published)   -> exit 0, nothing written
+    dataset + side items                     new ids appended as item rows with their modality features,
+                                             known ids get their features replaced (a changed item)
+    merged = ... + events                    append-only: old rows keep their splits, new
                                              (user, item) pairs get MMRec's split per user,
                                              unknown users appended, unknown items skipped+counted
+                                             (an event on a side item is an interaction: it is in the catalogue now)
     write merged -> ROOT/retrain/datasets/<run>/   (a complete MMRec folder, staged then renamed)
-    train candidate (same TrainConfig as the served model; warm-started from its weights)
+    train candidate (same TrainConfig as the served model; warm-started from its weights: the checkpoint
+                    of a retrained version is kept in ROOT/retrain/checkpoints/<version>/, the first model's
+                    by deploy/train-and-publish.sh in the same place, or found through its manifest)
     gate: valid Recall@20 of candidate vs served model, on the same users and the same masks
+          (logged as the structured event `retrain_gate`, and written into the candidate's manifest)
     pass -> training.export.export_checkpoint publishes it (flips `current`; the service
             polls `current` and switches by itself)                      exit 0
+            + the merged side items are removed from the side index (only those unchanged since read)
     fail -> the candidate is exported under ROOT/retrain/rejected/ instead (a complete artifact
             root of its own, for inspection or `mrdib serve`)             exit 3
     commit state.json (atomic rename) = the events are now part of the data, whatever the gate said
@@ -24,6 +32,13 @@ leaves the old state, so the next run merges the very same events into the very 
 again (the split is seeded by the run's position, so it is reproducible); a crash after it has
 nothing left to redo. The events of a failed gate stay in the data: they are real interactions,
 only that candidate model was rejected.
+
+Side items are not consumed like events: they stay in the service's side index (which serves them
+with the current model's item tower) until a model trained on them is promoted. A run after a failed
+gate finds them already in its dataset (same features: nothing new to train on). Deleted (hidden) items
+stay in the catalogue and in the data -- their past interactions still say something about the users
+who had them -- and stay hidden: the service's deleted set applies to every model version, and
+retraining never touches it.
 
 Exit status: 0 promoted or nothing to do, 2 bad input (dataset, state file, arguments),
 3 quality gate failed, 69 Redis unreachable, 75 another run holds the lock.
@@ -40,13 +55,14 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import structlog
 import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -63,6 +79,7 @@ CHECKPOINTS_DIR = "checkpoints"
 REJECTED_DIR = "rejected"
 STREAM_START = "0-0"
 DEFAULT_STREAM = "mrdib:events"  # service.settings.Settings.stream
+LOGGER = "mrdib.retrain"
 _STREAM_ID_RE = re.compile(r"^\d+-\d+$")
 # Characters an id may not hold: they would break the tab-separated MMRec files.
 _BAD_ID_RE = re.compile(r"[\t\n\r\x00]")
@@ -368,6 +385,181 @@ def write_mmrec(ds: InteractionDataset, out: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Side items (PUT /items through the API), merged into the catalogue
+
+
+def side_item_keys(prefix: str = "") -> tuple[str, str, str]:
+    """(side items hash, deleted ids set, change counter): the keys of service.redis_link.RedisLink.items_keys
+    under the same MRDIB_REDIS_KEY_PREFIX. Repeated here (not imported) so that retraining does not need the
+    service's dependencies; tests/test_ops_retrain.py checks that both agree."""
+    return f"{prefix}items:side", f"{prefix}items:deleted", f"{prefix}items:ver"
+
+
+@dataclass(frozen=True)
+class SideItem:
+    """One PUT item as the service stores it: {"features": {modality: [floats]}, "put_at": ISO time}
+    (service.items.encode_side). `raw` is the stored value itself, so that clearing removes exactly
+    what was merged and never a newer PUT of the same id."""
+
+    item_id: str
+    features: dict[str, np.ndarray]
+    put_at: datetime
+    raw: bytes
+
+
+@dataclass
+class SideSnapshot:
+    """The side index and the deleted set, read together (one MULTI)."""
+
+    items: dict[str, SideItem] = field(default_factory=dict)
+    deleted: frozenset[str] = frozenset()
+    unreadable: dict[str, str] = field(default_factory=dict)  # item id -> what is wrong with its record
+
+
+def decode_side_record(item_id: str, raw: bytes | str) -> SideItem:
+    """Parse one side-index value; ValueError naming the problem for anything the service would not write."""
+    raw_b = raw if isinstance(raw, bytes) else str(raw).encode("utf-8")
+    try:
+        d = json.loads(raw_b)
+        feats = {str(m): np.asarray(v, dtype=np.float32) for m, v in d["features"].items()}
+        put_at = datetime.fromisoformat(d["put_at"])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"unreadable side item record ({type(e).__name__}: {e})") from None
+    if not feats or any(v.ndim != 1 for v in feats.values()):
+        raise ValueError("unreadable side item record: features must be one flat list per modality")
+    return SideItem(item_id, feats, put_at if put_at.tzinfo else put_at.replace(tzinfo=UTC), raw_b)
+
+
+def read_side_items(client: Any, prefix: str = "") -> SideSnapshot:
+    """Every side item and every deleted id, in one transaction (a consistent snapshot)."""
+    side_key, deleted_key, _ = side_item_keys(prefix)
+    with client.pipeline(transaction=True) as pipe:
+        pipe.hgetall(side_key)
+        pipe.smembers(deleted_key)
+        side_raw, deleted_raw = pipe.execute()
+    snap = SideSnapshot(deleted=frozenset(_decode(x) for x in deleted_raw))
+    for k, v in side_raw.items():
+        item_id = _decode(k)
+        try:
+            snap.items[item_id] = decode_side_record(item_id, v)
+        except ValueError as e:
+            snap.unreadable[item_id] = str(e)
+    return snap
+
+
+class SideReport(BaseModel):
+    """What happened to each side item; `added + updated + unchanged + rejected == items`."""
+
+    items: int = 0
+    added: int = 0  # new ids: appended to the catalogue
+    updated: int = 0  # known ids with new features: their feature rows replaced
+    unchanged: int = 0  # already in the dataset with the same features (e.g. merged by a run whose gate failed)
+    rejected: int = 0  # bad id, missing/extra modality, wrong dimension, non-finite values: left in the side index
+    unreadable: int = 0  # records that are not the service's format: left alone
+    hidden: int = 0  # ids in the deleted set: kept in the data, hidden by the service
+    cleared: int = 0  # removed from the side index after the promotion of a model trained on them
+
+
+def _side_problem(item: SideItem, dims: dict[str, int]) -> str | None:
+    if not item.item_id or _BAD_ID_RE.search(item.item_id) or item.item_id != item.item_id.strip():
+        return "its id is empty, has surrounding spaces, or holds a tab/newline/NUL"
+    if set(item.features) != set(dims):
+        return f"modalities {sorted(item.features)} differ from the dataset's {sorted(dims)}"
+    for m, d in dims.items():
+        x = item.features[m]
+        if x.shape != (d,):
+            return f"modality {m!r} has {x.shape[0]} values, the dataset has {d}"
+        if not np.isfinite(x).all():
+            return f"modality {m!r} holds NaN or infinite values"
+    return None
+
+
+def merge_side_items(
+    ds: InteractionDataset, items: Iterable[SideItem]
+) -> tuple[InteractionDataset, SideReport, list[SideItem], list[str]]:
+    """Put the side items into the catalogue. Pure: returns (dataset, report, merged items, warnings).
+
+    A new id becomes a new item row at the end (rows stay append-only, so a warm start still maps old
+    rows to the same items); a known id gets its feature rows replaced. Interactions are untouched:
+    the events merged next are what gives the new items interactions. Items are taken in PUT order
+    (then id), so the same side index always yields the same dataset. `merged` lists every item the
+    returned dataset holds exactly (added, updated, unchanged): those can leave the side index once a
+    model trained on this dataset is promoted.
+    """
+    dims = dict(ds.feature_dims)
+    report = SideReport()
+    warnings: list[str] = []
+    merged: list[SideItem] = []
+    item_row = {x: i for i, x in enumerate(ds.item_ids)}
+    updates: dict[int, SideItem] = {}
+    new: list[SideItem] = []
+    for item in sorted(items, key=lambda s: (s.put_at, s.item_id)):
+        report.items += 1
+        problem = _side_problem(item, dims)
+        if problem is not None:
+            report.rejected += 1
+            warnings.append(f"side item {item.item_id!r} not merged: {problem}")
+            continue
+        r = item_row.get(item.item_id)
+        if r is None:
+            item_row[item.item_id] = ds.n_items + len(new)
+            new.append(item)
+            report.added += 1
+        elif all(np.array_equal(ds.features[m][r], item.features[m]) for m in dims):
+            report.unchanged += 1
+        else:
+            updates[r] = item
+            report.updated += 1
+        merged.append(item)
+    if not new and not updates:
+        return ds, report, merged, warnings
+    features: dict[str, np.ndarray] = {}
+    for m, x in ds.features.items():
+        x = np.array(x, dtype=np.float32, copy=True)
+        for r, item in updates.items():
+            x[r] = item.features[m]
+        if new:
+            x = np.concatenate([x, np.stack([item.features[m] for item in new]).astype(np.float32)])
+        features[m] = np.ascontiguousarray(x)
+    out = InteractionDataset(
+        name=ds.name, users=ds.users, items=ds.items, timestamps=ds.timestamps, splits=ds.splits,
+        user_ids=list(ds.user_ids), item_ids=[*ds.item_ids, *(item.item_id for item in new)], features=features,
+    )  # fmt: skip
+    return out, report, merged, warnings
+
+
+# KEYS: side hash.  ARGV: id1, value1, id2, value2, ...  Deletes each id whose value is still the one merged.
+_CLEAR_SIDE_LUA = """
+local n = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    n = n + 1
+  end
+end
+return n
+"""
+
+
+def clear_side_items(client: Any, items: Sequence[SideItem], prefix: str = "") -> int:
+    """Remove merged side items from the side index, each only if unchanged since it was read (a PUT
+    during the run stays for the next one). Atomic (one Lua script); returns how many were removed.
+
+    The change counter (`items:ver`) is deliberately not incremented: clearing is not an item change.
+    Every version from the promoted one on holds these items itself (the service skips side items that
+    a version built after their PUT contains), so no worker needs to rebuild its overlay -- and a worker
+    still on the previous version, until it picks up the new `current`, keeps serving them from its
+    overlay instead of losing them for a poll interval.
+    """
+    if not items:
+        return 0
+    args: list[Any] = []
+    for item in items:
+        args += [item.item_id, item.raw]
+    return int(client.eval(_CLEAR_SIDE_LUA, 1, side_item_keys(prefix)[0], *args))
+
+
+# ----------------------------------------------------------------------------------------------------
 # Quality gate
 
 
@@ -466,19 +658,27 @@ def gate_scores(
 # Warm start
 
 
-def warm_start_state(new: dict[str, Any], old: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
+def warm_start_state(
+    new: dict[str, Any], old: dict[str, Any], learned: set[str] | None = None
+) -> tuple[dict[str, Any], dict[str, int]]:
     """Initialise a fresh model's tensors from the previous model's.
 
-    Same name and shape: copied. Same name, shape differing only in the first dimension (user
-    embeddings after new users were appended; rows are append-only, so row r is the same user):
-    the common leading rows are copied, the rest keep their fresh initialisation. Anything else
-    keeps its fresh value. Returns the new state and counts {"copied", "partial", "fresh"}.
+    Same name and shape: copied. Same name, shape differing only in the first dimension (user and item
+    embeddings after new users/items were appended; rows are append-only, so row r is the same user or
+    item): the common leading rows are copied, the rest keep their fresh initialisation. Anything else
+    keeps its fresh value. `learned`, when given, names the tensors training changes (trainable
+    parameters); every other tensor -- item features kept as frozen parameters, statistics of the
+    features kept as buffers -- is data, and must come from the new dataset (a changed item's new
+    features, not its old ones), so it keeps its fresh value ("data"). Returns the new state and counts
+    {"copied", "partial", "fresh", "data"}.
     """
     out = dict(new)
-    counts = {"copied": 0, "partial": 0, "fresh": 0}
+    counts = {"copied": 0, "partial": 0, "fresh": 0, "data": 0}
     for name, t in new.items():
         o = old.get(name)
-        if o is None or getattr(o, "dtype", None) != t.dtype:
+        if learned is not None and name not in learned:
+            counts["data"] += 1
+        elif o is None or getattr(o, "dtype", None) != t.dtype:
             counts["fresh"] += 1
         elif tuple(o.shape) == tuple(t.shape):
             out[name] = o.clone()
@@ -494,6 +694,59 @@ def warm_start_state(new: dict[str, Any], old: dict[str, Any]) -> tuple[dict[str
     return out, counts
 
 
+def find_warm_checkpoint(root: Path, current: Any | None) -> tuple[Path | None, str]:
+    """The model weights (model.safetensors) of the run that produced the served version, and where
+    they were found -- or (None, why not).
+
+    1. ROOT/retrain/checkpoints/<version>/: kept by every promoting retrain, and by
+       deploy/train-and-publish.sh for the first model (compose's trainer, the Kubernetes bootstrap Job).
+    2. The checkpoint folder the manifest's training config names (`out`), when it is still there and is
+       provably the run that was exported: its dataset fingerprint equals the manifest's and its item
+       embeddings equal the artifact's item vectors (quickstart.sh keeps runs/<ts>/, for instance).
+    """
+    from training import checkpoint as ckpt
+
+    if current is None:
+        return None, "no model is being served"
+    version = current.manifest.model_version
+    kept = retrain_dir(root) / CHECKPOINTS_DIR / version / ckpt.MODEL
+    if kept.is_file():
+        return kept, f"{RETRAIN_DIR}/{CHECKPOINTS_DIR}/{version}"
+    out = (current.manifest.training_config or {}).get("out")
+    if not out:
+        return None, f"no checkpoint of {version} in {kept.parent} and its manifest names no training folder"
+    run = Path(out)
+    if not (run / ckpt.MODEL).is_file():
+        return None, f"no checkpoint of {version} in {kept.parent} nor in {run} (its training folder)"
+    try:
+        info = ckpt.read_json(run, ckpt.DATASET)
+        same = info.get("fingerprint") == current.manifest.data_fingerprint and np.array_equal(
+            ckpt.load_embeddings(run).item, current.item_vectors)
+    except Exception as e:  # unreadable leftovers: not the run we are looking for
+        return None, f"{run}: not usable as the checkpoint of {version} ({type(e).__name__}: {e})"
+    if not same:
+        return None, f"{run} was trained again after {version} was exported: not its checkpoint"
+    return run / ckpt.MODEL, str(run)
+
+
+def _warm_factory(weights: Path, version: str, record: dict[str, Any]):
+    """A model factory that starts from `weights` (the served model's); fills `record` when it runs."""
+    from safetensors.torch import load_file
+
+    from training.trainer import default_model_factory
+
+    def factory(cfg, ctx):
+        model = default_model_factory(cfg, ctx)
+        old = load_file(str(weights))
+        learned = {n for n, p in model.named_parameters() if p.requires_grad}
+        state, counts = warm_start_state(model.state_dict(), old, learned)
+        model.load_state_dict(state)
+        record.update({"from_version": version, "checkpoint": str(weights), **counts})
+        return model
+
+    return factory
+
+
 # ----------------------------------------------------------------------------------------------------
 # The run
 
@@ -507,6 +760,8 @@ class RetrainSettings(BaseModel):
     base: Path
     redis_url: str
     stream: str = DEFAULT_STREAM
+    key_prefix: str = Field("", description="prefix of the service's Redis keys (MRDIB_REDIS_KEY_PREFIX)")
+    side_items: bool = Field(True, description="merge the items PUT through the API into the catalogue")
     tolerance: float = Field(0.01, ge=0.0, le=1.0)
     metric: str = "recall@20"
     event_types: list[str] = Field(default_factory=list, description="empty = every event type")
@@ -533,6 +788,12 @@ class RunReport:
         out = [f"retrain: {self.status}"]
         if "events" in d:
             out.append(f"  events read: {d['events']} (malformed {d.get('malformed', 0)}), position {d.get('last_id')}")
+        if "side_items" in d:
+            s = d["side_items"]
+            out.append(
+                f"  side items: {s['items']} read, +{s['added']} new, {s['updated']} changed, {s['unchanged']} "
+                f"already in the data, {s['rejected']} rejected, {s['cleared']} cleared; {s['hidden']} hidden ids"
+            )
         if "merge" in d:
             m = d["merge"]
             out.append(
@@ -540,6 +801,13 @@ class RunReport:
                 f"{m['skipped_unknown_item']} unknown item, {m['skipped_duplicate']} duplicate, "
                 f"{m['skipped_type']} type, {m['skipped_bad_id']} bad id"
             )
+        if "warm_start" in d:
+            w = d["warm_start"]
+            if w.get("from_version"):
+                out.append(f"  warm start from {w['from_version']} ({w['checkpoint']}): {w['copied']} tensors "
+                           f"copied, {w['partial']} grown, {w['fresh']} fresh, {w['data']} from the data")
+            else:
+                out.append(f"  cold start: {w.get('reason')}")
         if "gate" in d:
             g = d["gate"]
             cur = "none" if g["current"] is None else f"{g['current']:.4f}"
@@ -547,8 +815,6 @@ class RunReport:
                 f"  gate {g['metric']} (valid, {g['n_users']} users): candidate {g['candidate']:.4f}, "
                 f"current {cur}, tolerance {g['tolerance']} -> {'PASS' if g['passed'] else 'FAIL'}"
             )
-        if d.get("warm_start"):
-            out.append(f"  {d['warm_start']}")
         if d.get("version"):
             out.append(f"  version: {d['version']} (now current)")
         if d.get("rejected_version"):
@@ -582,25 +848,6 @@ def _train_config(settings: RetrainSettings, current: Any | None, data: Path, ou
     return cfg.model_copy(update=updates)
 
 
-def _warm_factory(previous: Path | None, log: list[str]):
-    """A model factory that starts from the previous candidate's weights, when there are any."""
-    if previous is None or not (previous / "model.safetensors").is_file():
-        return None
-    from safetensors.torch import load_file
-
-    from training.trainer import default_model_factory
-
-    def factory(cfg, ctx):
-        model = default_model_factory(cfg, ctx)
-        old = load_file(str(previous / "model.safetensors"))
-        state, counts = warm_start_state(model.state_dict(), old)
-        model.load_state_dict(state)
-        log.append(f"warm start from {previous.name}: {counts}")
-        return model
-
-    return factory
-
-
 def _publish(settings: RetrainSettings, checkpoint: Path, gate: GateResult) -> str:
     """Export the candidate with the real export pipeline (ONNX towers, FAISS indexes, verified
     manifest carrying the gate verdict). Promoted: into the artifacts root, which flips `current`.
@@ -619,8 +866,20 @@ def _publish(settings: RetrainSettings, checkpoint: Path, gate: GateResult) -> s
     return manifest.model_version
 
 
+def _log_gate(gate: GateResult) -> None:
+    """The promotion decision as one structured log event (JSON on stderr under `mrdib retrain`), so that
+    a log pipeline sees both numbers and the tolerance without parsing the report. A fresh logger per
+    call: structlog caches bound loggers on first use, which would hide later events from capture_logs."""
+    structlog.get_logger(LOGGER).info(
+        "retrain_gate", decision="promote" if gate.passed else "reject", passed=gate.passed, metric=gate.metric,
+        split=gate.split, candidate=gate.candidate, current=gate.current, current_version=gate.current_version,
+        tolerance=gate.tolerance, n_users=gate.n_users, reason=gate.reason,
+    )  # fmt: skip
+
+
 def run_retrain(settings: RetrainSettings, client: Any | None = None) -> RunReport:
-    """One retraining run (see the module docstring). Raises RetrainError / LockedError / DataError.
+    """One retraining run (see the module docstring). Raises RetrainError / LockedError / DataError,
+    and redis-py's ConnectionError / TimeoutError when Redis cannot be read.
 
     `client`: a sync redis-py client (default: one from settings.redis_url).
     """
@@ -635,32 +894,47 @@ def run_retrain(settings: RetrainSettings, client: Any | None = None) -> RunRepo
         if client is None:
             import redis
 
-            client = redis.Redis.from_url(settings.redis_url)
+            client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=60)
         batch = read_events(client, settings.stream, state.last_id)
+        side = read_side_items(client, settings.key_prefix) if settings.side_items else SideSnapshot()
         details: dict[str, Any] = {"events": len(batch.events), "malformed": batch.malformed,
                                    "last_id": batch.last_id, "warnings": list(batch.warnings)}
-        if not batch.events and batch.malformed == 0 and current is not None and not settings.force:
+        details["warnings"] += [f"side item {k!r} left alone: {v}" for k, v in sorted(side.unreadable.items())]
+        if not batch.events and batch.malformed == 0 and not side.items and current is not None and not settings.force:
             return RunReport("nothing-to-do", EXIT_OK, details)
 
-        source = rdir / DATASETS_DIR / state.dataset if state.dataset else Path(settings.base)
-        if not source.is_dir():
-            raise RetrainError(f"{source}: dataset folder does not exist (base dataset or state.json's dataset)")
+        if state.dataset:
+            source = rdir / DATASETS_DIR / state.dataset
+            if not source.is_dir():
+                raise RetrainError(f"{source}: the merged dataset that {rdir / STATE_FILE} names does not exist; "
+                                   "restore it, or move state.json away to start over from the base dataset")
+        else:
+            source = Path(settings.base)
+            if not source.is_dir():
+                raise RetrainError(f"{source}: base dataset folder does not exist (--base / MRDIB_DATASET)")
         ds = _load_dataset(source)
+        ds, side_report, side_merged, side_warnings = merge_side_items(ds, side.items.values())
+        side_report.unreadable, side_report.hidden = len(side.unreadable), len(side.deleted)
+        details["warnings"] += side_warnings
         merged, merge = merge_events(ds, [e for _, e in batch.events], split_seed(batch.last_id),
                                      settings.event_types or None)
+        details["side_items"] = side_report.model_dump()
         details["merge"] = merge.model_dump()
         new_state = state.model_copy(update={
             "last_id": batch.last_id, "events_consumed": state.events_consumed + len(batch.events),
             "runs": state.runs + 1, "updated_at": datetime.now(UTC)})  # fmt: skip
-        if merge.added == 0 and current is not None and not settings.force:
-            # Events were read but none became an interaction: move the position, keep the data.
-            new_state.last_run = {"status": "nothing-to-do", **details}
-            save_state(root, new_state)
+        data_changed = bool(merge.added or side_report.added or side_report.updated)
+        if not data_changed and current is not None and not settings.force:
+            # Nothing new to learn from. Events were read: move the position, keep the data. Only side items
+            # already in the data (a failed gate's): write nothing at all.
+            if batch.last_id != state.last_id or batch.malformed:
+                new_state.last_run = {"status": "nothing-to-do", **details}
+                save_state(root, new_state)
             return RunReport("nothing-to-do", EXIT_OK, details)
 
         run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{batch.last_id}"
         data_dir = source
-        if merge.added:
+        if data_changed:
             data_dir = write_mmrec(merged, rdir / DATASETS_DIR / run_id)
             merged = _load_dataset(data_dir)  # train on exactly what was written
         work = Path(settings.work) if settings.work else rdir / "work"
@@ -670,14 +944,23 @@ def run_retrain(settings: RetrainSettings, client: Any | None = None) -> RunRepo
         from training.checkpoint import load_embeddings, read_json
         from training.trainer import train
 
-        warm_log: list[str] = []
-        previous = rdir / CHECKPOINTS_DIR / current.manifest.model_version if current is not None else None
-        factory = _warm_factory(previous, warm_log) if settings.warm_start else None
+        warm: dict[str, Any] = {}
+        factory = None
+        if settings.warm_start:
+            weights, where = find_warm_checkpoint(root, current)
+            if weights is not None:
+                factory = _warm_factory(weights, current.manifest.model_version, warm)
+            else:
+                warm = {"from_version": None, "reason": where}
+        else:
+            warm = {"from_version": None, "reason": "--cold-start"}
         t0 = time.perf_counter()
-        train(cfg, merged, ckpt_dir, progress=False, model_factory=factory)
+        result = train(cfg, merged, ckpt_dir, progress=False, model_factory=factory)
         details["train_seconds"] = round(time.perf_counter() - t0, 1)
-        if warm_log:
-            details["warm_start"] = warm_log[-1]
+        details["warm_start"] = warm
+        first = result.history[0]["loss"] if result.history else {}
+        details["train"] = {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+                            "first_epoch_loss": first.get("loss"), "stopped_early": result.stopped_early}
         emb = load_embeddings(ckpt_dir)
         cand, cur, n_users = gate_scores(merged, emb.user, emb.item, current, settings.metric)
         passed, reason = gate_decision(cand, cur, settings.tolerance)
@@ -688,6 +971,7 @@ def run_retrain(settings: RetrainSettings, client: Any | None = None) -> RunRepo
             tolerance=settings.tolerance, passed=passed, reason=reason, n_users=n_users,
             candidate_full_valid=full_valid,
         )  # fmt: skip
+        _log_gate(gate)
         details["gate"] = gate.model_dump(mode="json")
         version = _publish(settings, ckpt_dir, gate)
         details["version" if passed else "rejected_version"] = version
@@ -699,6 +983,13 @@ def run_retrain(settings: RetrainSettings, client: Any | None = None) -> RunRepo
         status = "promoted" if passed else "gate-failed"
         new_state.last_run = {"status": status, **details}
         save_state(root, new_state)
+        if passed and side_merged:
+            # After the commit: the promoted version holds these items, the side index need not.
+            try:
+                details["side_items"]["cleared"] = clear_side_items(client, side_merged, settings.key_prefix)
+            except Exception as e:  # Redis gone since the read: harmless, the service skips items a version holds
+                details["warnings"].append(f"merged side items not cleared from the side index ({type(e).__name__}: "
+                                           f"{e}); the next promotion clears them")
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         _prune(rdir, new_state, settings.keep_datasets, store.list_versions(root))
         return RunReport(status, EXIT_OK if passed else EXIT_GATE_FAILED, details)
@@ -719,6 +1010,15 @@ def _prune(rdir: Path, state: RetrainState, keep: int, versions: list[str]) -> N
 # CLI
 
 
+def _settings_error(e: ValidationError) -> str:
+    """One line per bad setting, named as on the command line: "--tolerance: Input should be ... (got 5.0)"."""
+    parts = []
+    for err in e.errors():
+        name = "--" + "-".join(str(x) for x in err["loc"]).replace("_", "-")
+        parts.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
 def retrain_command(
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts", envvar="MRDIB_ARTIFACTS",
                                    help="Artifacts root (holds `current`, the versions and retrain/)."),
@@ -726,6 +1026,10 @@ def retrain_command(
                               help="Base MMRec dataset, used until a run has produced a merged one."),
     redis_url: str = typer.Option("redis://127.0.0.1:6379/0", "--redis-url", envvar="REDIS_URL"),
     stream: str = typer.Option(DEFAULT_STREAM, "--stream", envvar="MRDIB_STREAM", help="Event stream key."),
+    key_prefix: str = typer.Option("", "--key-prefix", envvar="MRDIB_REDIS_KEY_PREFIX",
+                                   help="Prefix of the service's Redis keys (where PUT /items are kept)."),
+    side_items: bool = typer.Option(True, "--side-items/--no-side-items",
+                                    help="Merge the items PUT through the API into the catalogue."),
     tolerance: float = typer.Option(0.01, "--tolerance", envvar="MRDIB_RETRAIN_TOLERANCE",
                                     help="Promote when candidate >= current - tolerance (absolute)."),
     metric: str = typer.Option("recall@20", "--metric", help="Validation metric of the gate."),
@@ -747,16 +1051,21 @@ def retrain_command(
     force: bool = typer.Option(False, "--force", help="Retrain even without new events."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Merge new events into the dataset, retrain, and promote the model if it passes the quality gate."""
+    """Merge new events and API-added items into the dataset, retrain, and promote the model if it passes
+    the quality gate."""
+    from service.logs import configure_logging  # structlog + stdlib only: no service dependencies
+
+    configure_logging()  # the gate decision (and redis-py's complaints) as JSON lines on stderr
     try:
         settings = RetrainSettings(
-            artifacts=artifacts, base=base, redis_url=redis_url, stream=stream, tolerance=tolerance, metric=metric,
+            artifacts=artifacts, base=base, redis_url=redis_url, stream=stream, key_prefix=key_prefix,
+            side_items=side_items, tolerance=tolerance, metric=metric,
             event_types=[t.strip() for t in event_types.split(",") if t.strip()], backbone=backbone, mrdib=mrdib,
             epochs=epochs, tower_epochs=tower_epochs, keep_versions=keep, device=device, warm_start=warm_start,
             force=force, work=work,
         )  # fmt: skip
     except ValidationError as e:
-        typer.echo(f"retrain: bad settings: {e}", err=True)
+        typer.echo(f"retrain: bad settings: {_settings_error(e)}", err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     import redis
 
@@ -768,7 +1077,7 @@ def retrain_command(
     except (RetrainError, DataError) as e:
         typer.echo(f"retrain: {e}", err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
-    except redis.exceptions.ConnectionError as e:
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
         typer.echo(f"retrain: Redis unreachable at {settings.redis_url}: {e}", err=True)
         raise typer.Exit(EXIT_UNAVAILABLE) from None
     if as_json:
