@@ -150,6 +150,7 @@ def test_report_only_re_renders_saved_and_doc_results_without_measuring(tiny: Pa
     cells = [bt.run_cell(_spec(tiny, configs, dataset="baby", mrdib=m, warmup=0, epochs=1)) for m in (False, True)]
     doc = tmp_path / "B.md"
     monkeypatch.setattr(bt, "DOC", doc)
+    monkeypatch.setattr(bt, "PLOTS", tmp_path)  # the repository's docs/bench/train.png stays as published
     monkeypatch.setattr(bt, "write_section", lambda name, body: bt_write(name, body, doc))
     monkeypatch.setattr(bt, "experiment_runs", lambda: [])
     monkeypatch.setattr(bt, "run_cell", lambda spec: pytest.fail("--report-only must not measure"))
