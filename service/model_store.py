@@ -25,6 +25,7 @@ import contextlib
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -67,6 +68,20 @@ class Overlay:
 
     def side_norm(self) -> np.ndarray:
         return self.side_unit
+
+
+def version_holds(manifest: Manifest, item_id: str, put_at: datetime) -> bool:
+    """Was the side-index record of `item_id` PUT at `put_at` trained into this version?
+
+    A retrained version names the records it merged (``side_items_merged``, id -> put time): only those
+    records, or older ones, are superseded by the catalogue row; a re-PUT while the run trained stays
+    served from the side index. A version without that list (a plain ``mrdib export``) falls back to
+    its creation time: a record PUT before it is taken as trained in.
+    """
+    merged = manifest.side_items_merged
+    if merged is None:
+        return put_at < manifest.created_at
+    return item_id in merged and put_at <= merged[item_id]
 
 
 class NonFiniteItemVector(ValueError):
@@ -239,12 +254,11 @@ class ModelStore:
     @staticmethod
     def _build_overlay(model: ServingModel, changes: ItemChanges) -> Overlay:
         """Overlay of `changes` for `model`; blocking (runs the item tower for side items not embedded yet)."""
-        created = model.manifest.created_at
         ids, vecs, cache = [], [], {}
         for item_id in sorted(changes.side):
             item = changes.side[item_id]
-            if item_id in model.item_row and item.put_at < created:
-                continue  # the version was built after the PUT and contains the item: retraining took it in
+            if item_id in model.item_row and version_holds(model.manifest, item_id, item.put_at):
+                continue  # retraining took this very record in: the catalogue row serves it
             key = (item_id, item.put_at)
             vec = model.side_cache.get(key)
             if vec is None:

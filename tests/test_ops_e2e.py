@@ -157,6 +157,7 @@ def test_events_retrain_promote_and_hot_switch(tmp_path: Path, redis_names) -> N
         m1 = store.verify_artifact(root / v1)
         assert m1.n_users == ds.n_users + 1 and m1.quality_gate["passed"] is True and m1.mrdib is not None
         assert m1.n_items == ds.n_items + 1 and store.load_artifact(root / v1).item_ids[-1] == sku
+        assert list(m1.side_items_merged or {}) == [sku]  # the service serves newer re-PUTs of it from the side
         assert not redis.Redis.from_url(REDIS_URL).hlen(f"{prefix}items:side")  # merged: side index emptied
 
         # 5. The running service switches by itself, knows the new user and the new item, still hides the other.

@@ -848,15 +848,21 @@ def _train_config(settings: RetrainSettings, current: Any | None, data: Path, ou
     return cfg.model_copy(update=updates)
 
 
-def _publish(settings: RetrainSettings, checkpoint: Path, gate: GateResult) -> str:
+def _publish(settings: RetrainSettings, checkpoint: Path, gate: GateResult, side_merged: Sequence[SideItem]) -> str:
     """Export the candidate with the real export pipeline (ONNX towers, FAISS indexes, verified
     manifest carrying the gate verdict). Promoted: into the artifacts root, which flips `current`.
-    Rejected: into ROOT/retrain/rejected, so the served model stays and the candidate can be inspected."""
+    Rejected: into ROOT/retrain/rejected, so the served model stays and the candidate can be inspected.
+
+    The manifest also names the side-index records merged (id -> put time): the service keeps serving a
+    record PUT after this run read the side index, rather than guessing from the version's creation time."""
     from training.export import ExportError, export_checkpoint
 
     root = Path(settings.artifacts)
     target = root if gate.passed else retrain_dir(root) / REJECTED_DIR
-    options: dict[str, Any] = {"quality_gate": gate.model_dump(mode="json"), "keep": settings.keep_versions}
+    options: dict[str, Any] = {
+        "quality_gate": gate.model_dump(mode="json"), "keep": settings.keep_versions,
+        "side_items_merged": {item.item_id: item.put_at for item in side_merged},
+    }
     if settings.tower_epochs is not None:
         options["tower_epochs"] = settings.tower_epochs
     try:
@@ -973,7 +979,7 @@ def run_retrain(settings: RetrainSettings, client: Any | None = None) -> RunRepo
         )  # fmt: skip
         _log_gate(gate)
         details["gate"] = gate.model_dump(mode="json")
-        version = _publish(settings, ckpt_dir, gate)
+        version = _publish(settings, ckpt_dir, gate, side_merged)
         details["version" if passed else "rejected_version"] = version
         if passed:
             keep = rdir / CHECKPOINTS_DIR / version

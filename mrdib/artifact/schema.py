@@ -1,7 +1,8 @@
 """Manifest schema of a model artifact: one pydantic model, used by the writer and the reader.
 
-Bump SCHEMA_VERSION whenever a field or file changes meaning; readers refuse any other
-version rather than guess.
+Bump SCHEMA_VERSION whenever a field or file changes meaning; readers refuse any version not in
+READABLE_SCHEMA_VERSIONS rather than guess. History: 1 = first release; 2 adds the optional
+``side_items_merged`` (version 1 manifests, which lack it, stay readable and mean "unknown").
 
 Layout of one artifact directory (file names are fixed here, nowhere else)::
 
@@ -27,7 +28,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 
 ITEM_VECTORS = "item_vectors.npy"
@@ -111,13 +113,20 @@ class Manifest(_Strict):
     data_fingerprint: str
     indexes: dict[Literal["ip", "cosine"], IndexSpec]
     quality_gate: dict | None = None
+    side_items_merged: dict[str, datetime] | None = Field(
+        default=None,
+        description="item id -> put time of each admin side-index record (PUT /items) this version was trained "
+        "on, written by `mrdib retrain`; None when unknown (a plain `mrdib export`). The service serves a side "
+        "record of an item the version contains only if the record is newer than what the version merged.",
+    )
     files: dict[str, FileEntry]
 
     @field_validator("schema_version")
     @classmethod
     def _known_schema(cls, v: int) -> int:
-        if v != SCHEMA_VERSION:
-            raise ValueError(f"unknown artifact schema version {v}; this code reads version {SCHEMA_VERSION}")
+        if v not in READABLE_SCHEMA_VERSIONS:
+            readable = ", ".join(map(str, READABLE_SCHEMA_VERSIONS))
+            raise ValueError(f"unknown artifact schema version {v}; this code reads versions {readable}")
         return v
 
     @field_validator("model_version")

@@ -168,10 +168,10 @@ def read_manifest(path: Path) -> Manifest:
         data = json.loads(raw)
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{mpath}: not valid JSON (line {e.lineno}: {e.msg})") from e
-    if isinstance(data, dict) and data.get("schema_version") != S.SCHEMA_VERSION:
+    if isinstance(data, dict) and data.get("schema_version") not in S.READABLE_SCHEMA_VERSIONS:
         raise ArtifactError(
             f"{mpath}: unknown schema version {data.get('schema_version')!r}; "
-            f"this code reads version {S.SCHEMA_VERSION}"
+            f"this code reads versions {', '.join(map(str, S.READABLE_SCHEMA_VERSIONS))}"
         )
     try:
         return Manifest.model_validate(data)

@@ -53,6 +53,9 @@ class ExportOptions(BaseModel):
     index_factory: str | None = Field(default=None, description="FAISS factory string; default by catalogue size")
     max_history: int = Field(default=50, ge=1, le=1000)
     quality_gate: dict | None = Field(default=None, description="gate verdict stored in the manifest (retraining)")
+    side_items_merged: dict[str, datetime] | None = Field(
+        default=None, description="admin side items the model was trained on (retraining): item id -> put time"
+    )
     recall_k: int = Field(default=20, ge=1)
     tower_epochs: int = Field(default=60, ge=1)
     seed: int = 0
@@ -322,6 +325,7 @@ def run_export(opts: ExportOptions) -> ExportResult:
             "data_fingerprint": ds.fingerprint(),
             "indexes": {m: b.spec for m, b in built.items()},
             "quality_gate": opts.quality_gate,
+            "side_items_merged": opts.side_items_merged,
         }
         manifest = store.publish(staging, fields, opts.out, keep=opts.keep)
     except BaseException:
