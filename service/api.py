@@ -27,7 +27,7 @@ from service.cache import LocalHistory, LocalUserState, RedisUserState, UserStat
 from service.events import Event, EventSink
 from service.items import ItemLogUnavailable, LocalItemLog, RedisItemLog
 from service.logs import configure_logging
-from service.metrics import Metrics
+from service.metrics import Metrics, mark_worker_gone
 from service.middleware import LatencyMetrics, RequestGuard
 from service.model_store import (
     ItemChangeResult,
@@ -400,6 +400,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await ctx.stop()
+            mark_worker_gone()
 
     app = FastAPI(title="MRdIB recommender", version="1", lifespan=lifespan, responses=COMMON_ERRORS)
     app.state.ctx = ctx

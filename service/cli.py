@@ -40,6 +40,10 @@ def serve(
             "artifacts_root_missing", artifacts=str(settings.artifacts),
             detail="serving 503 until a model is published there")
 
+    if workers > 1:  # one /metrics for all workers (see service/metrics.py)
+        from service.metrics import prepare_multiprocess_dir
+
+        prepare_multiprocess_dir()
     uvicorn.run("service.api:create_app", factory=True, host=host, port=port, workers=workers,
                 log_level=settings.log_level.lower(), access_log=False,
                 log_config=uvicorn_log_config(settings.log_level))  # uvicorn's own lines as JSON too

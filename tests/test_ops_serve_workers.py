@@ -1,6 +1,7 @@
 """`mrdib serve --workers 2`, for real: the installed command line as a subprocess on a free loopback port,
 over an artifact trained and exported by the real export (tests/_export_helpers.py), then /readyz and
-/recommend through both worker processes, then a clean shutdown on SIGTERM.
+/recommend through both worker processes, /metrics that counts both workers' requests whichever worker
+answers the scrape, then a clean shutdown on SIGTERM.
 
 How the test knows that both workers answered, without any worker id in the responses: with no REDIS_URL
 each worker keeps user vectors in its own in-process cache. Asking for the same user over and over (a new
@@ -116,6 +117,15 @@ def test_serve_with_two_workers(tmp_path: Path, artifacts: Path) -> None:
             r = httpx.post(f"{base}/recommend", json={"user_id": "0", "k": 5}, headers={"Connection": "close"},
                            timeout=10)  # fmt: skip
             assert r.status_code == 200 and r.json()["cached"] is True
+        requests += 10
+
+        # One /metrics for both workers: whichever worker a scrape reaches, it counts every request.
+        for _ in range(4):
+            text = httpx.get(f"{base}/metrics", headers={"Connection": "close"}, timeout=5).text
+            assert _sample(text, "mrdib_request_seconds_count", 'route="/recommend"') == requests
+            assert _sample(text, "mrdib_user_cache_total", 'result="miss"') == 2
+            assert _sample(text, "mrdib_user_cache_total", 'result="hit"') == requests - 2
+            assert text.count('mrdib_model_info{pid="') == 2 and f'version="{version}"' in text
 
         # Clean shutdown: SIGTERM to the supervisor stops both workers, and it exits 0.
         proc.send_signal(signal.SIGTERM)
@@ -124,6 +134,15 @@ def test_serve_with_two_workers(tmp_path: Path, artifacts: Path) -> None:
         print(f"2 workers ready in {ready_s:.1f}s; both answered within {requests} /recommend requests")
     finally:
         _stop(proc)
+
+
+def _sample(text: str, name: str, label: str) -> float:
+    """Sum of the samples of `name` whose labels contain `label`, in a Prometheus text exposition."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and label in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def _status(pid: int) -> str:
