@@ -1,22 +1,25 @@
-"""Service routes over ASGI (Starlette TestClient, lifespan included), embedded mode (no Redis).
+"""Service routes over real HTTP (uvicorn on a loopback port, lifespan included), embedded mode (no Redis).
 
 The artifact is the session's trained one (tests/_service_helpers.py); expected answers come from its own data:
 exact search over its vectors, its ONNX user tower, its popularity counts and training histories."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
 from mrdib.artifact.store import LoadedArtifact, load_artifact
 from service.api import create_app
 from service.settings import Settings
 from tests._service_helpers import (
     COMPONENTS,
+    ServerThread,
     assert_topk,
     cosine_neighbours,
     cosine_similarities,
@@ -41,10 +44,19 @@ def _settings(root: Path, tmp: Path, **kw) -> Settings:
     return Settings(**base)
 
 
+@contextlib.contextmanager
+def served(settings: Settings) -> Iterator[httpx.Client]:
+    """The app under a real uvicorn server; a client for it (a server-side exception would be a real 500)."""
+    app = create_app(settings)
+    with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=30) as c:
+        c.app = app  # for the few tests that reach into the running app (same process) to set up a fault
+        yield c
+
+
 @pytest.fixture()
 def client(artifact, tmp_path):
     root, _ = artifact
-    with TestClient(create_app(_settings(root, tmp_path)), raise_server_exceptions=False) as c:
+    with served(_settings(root, tmp_path)) as c:
         yield c
 
 
@@ -188,7 +200,7 @@ def test_admin_auth(client, artifact, art, tmp_path):
     assert client.post("/admin/reload", headers={"Authorization": "Basic abc"}).status_code == 401
     assert client.post("/admin/reload", headers=AUTH).json()["status"] == "unchanged"
     root, _ = artifact
-    with TestClient(create_app(_settings(root, tmp_path, admin_token=None))) as off:
+    with served(_settings(root, tmp_path, admin_token=None)) as off:
         r = off.delete(f"/items/{art.item_ids[1]}", headers=AUTH)
         assert r.status_code == 403 and "MRDIB_ADMIN_TOKEN" in r.json()["detail"]
 
@@ -287,7 +299,7 @@ def test_chunked_oversized_body_gets_413(client):
 
 
 def test_no_model_gives_503(tmp_path):
-    with TestClient(create_app(_settings(tmp_path / "empty", tmp_path))) as c:
+    with served(_settings(tmp_path / "empty", tmp_path)) as c:
         assert c.get("/healthz").status_code == 200
         assert c.get("/readyz").status_code == 503
         r = c.post("/recommend", json={"user_id": "u1"})
