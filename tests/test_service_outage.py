@@ -62,7 +62,10 @@ def test_redis_outage_and_recovery(tmp_path, build_artifact):
             assert http.post("/recommend", json={"user_id": u1}).json()["cached"] is True
 
             rs.stop()
-            # Requests keep working while Redis is gone: computed locally, never cached, never 5xx.
+            # Once the service has noticed (its probe runs every 0.1 s; a request in that instant may still be
+            # answered from the near cache, which is correct), requests keep working: computed locally, never
+            # cached, never 5xx.
+            wait_for(lambda: http.get("/readyz").json()["redis"] == "degraded", what="Redis seen as degraded")
             for _ in range(3):
                 r = http.post("/recommend", json={"user_id": u1, "k": 5})
                 assert r.status_code == 200 and r.json()["cached"] is False
