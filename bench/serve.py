@@ -98,11 +98,18 @@ class RedisServer:
 class Server:
     """uvicorn in a subprocess over an app factory; PYTHONPATH picks which `service` package is served."""
 
-    def __init__(self, factory: str, workers: int, env: dict[str, str], pythonpath: Path = REPO):
+    def __init__(self, factory: str, workers: int, env: dict[str, str], pythonpath: Path = REPO,
+                 multiproc_metrics: bool | None = None):
+        """`multiproc_metrics`: prometheus_client's multiprocess mode, as `mrdib serve --workers N` sets it up
+        (default: on when workers > 1, so the bench measures what production runs)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, **env, "PYTHONPATH": f"{pythonpath}{os.pathsep}{REPO}",
                "OMP_NUM_THREADS": "1", "MRDIB_LOG_LEVEL": "WARNING"}
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        self.metrics_dir: str | None = None
+        if multiproc_metrics if multiproc_metrics is not None else workers > 1:
+            self.metrics_dir = env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mrdib-bench-metrics-")
         self.log = tempfile.NamedTemporaryFile(prefix="mrdib-bench-uvicorn-", suffix=".log", delete=False)  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1", "--port", str(self.port),
@@ -129,11 +136,14 @@ class Server:
             self.proc.wait()
         self.log.close()
         os.unlink(self.log.name)
+        if self.metrics_dir:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def serving(factory: str, workers: int, env: dict[str, str], pythonpath: Path = REPO) -> Iterator[Server]:
-    s = Server(factory, workers, env, pythonpath)
+def serving(factory: str, workers: int, env: dict[str, str], pythonpath: Path = REPO,
+            multiproc_metrics: bool | None = None) -> Iterator[Server]:
+    s = Server(factory, workers, env, pythonpath, multiproc_metrics)
     try:
         yield s
     finally:
@@ -580,6 +590,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conns", default="1,8,32,128")
     p.add_argument("--artifacts", type=Path, default=None, help="published artifacts root (default: synthetic)")
     p.add_argument("--compare-ref", default=None, help="git ref whose service/ is measured too (warm scenario)")
+    p.add_argument("--compare-metrics", action="store_true",
+                   help="warm /recommend at 32 conns with per-worker vs multiprocess Prometheus metrics, alternated")
     p.add_argument("--profile", action="store_true", help="py-spy the warm path (1 worker)")
     p.add_argument("--only", default=",".join(SCENARIOS),
                    help=f"comma list of service scenarios to run (of {','.join(SCENARIOS)}; the bare baseline "
@@ -659,6 +671,19 @@ def main(argv: list[str] | None = None) -> int:
                 d = measure(f"warm /recommend, {nw} worker(s)", srv.url, scripts["warm"], 32, a.duration)
             extra.setdefault("workers", []).extend([c, d])
 
+        if a.compare_metrics and a.workers > 1:
+            # What `mrdib serve --workers N` adds for one /metrics over all workers (every metric update goes to a
+            # memory-mapped file): alternated twice, so that drifting machine load shows up as spread.
+            extra["metrics"] = []
+            for _ in range(2):
+                for mp in (False, True):
+                    with serving("service.api:create_app", a.workers, env, multiproc_metrics=mp) as srv:
+                        prewarm(srv.url, warm_users_of(scripts["warm"]))
+                        wrk(srv.url, scripts["warm"], 8, 1.0)
+                        label = "multiprocess metrics" if mp else "per-worker metrics"
+                        extra["metrics"].append(measure(f"warm /recommend, {label}", srv.url, scripts["warm"], 32,
+                                                        a.duration))
+
         if a.compare_ref:
             # The ref and the working tree alternate twice (ref, tree, ref, tree), so that a drift of the
             # machine's load during the comparison shows up as a spread instead of as a difference.
@@ -724,7 +749,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"- command: `{command()}` ({time.monotonic() - t0:.0f} s)",
         f"- date: {started}; machine: {mach}",
-        f"- server: `uvicorn --factory service.api:create_app --workers {a.workers}` (uvloop + httptools), "
+        f"- server: `uvicorn --factory service.api:create_app --workers {a.workers}` (uvloop + httptools"
+        f"{'; Prometheus multiprocess mode, as `mrdib serve` sets it up' if a.workers > 1 else ''}), "
         f"subprocess; load: wrk (separate process, up to 2 threads, on the same 2 cores as the server); "
         f"{a.duration:g} s per cell after a 1 s warm-up per scenario",
         f"- artifact: {source}",
@@ -749,6 +775,9 @@ def main(argv: list[str] | None = None) -> int:
                           [(k, f"{v:.0f}", f"{v / base:.1f}" if base else "") for k, v in cpu.items()])]
     if "workers" in extra:
         body += ["", "### Worker count (32 connections)", "", md_table(HEADERS, fmt(extra["workers"]))]
+    if "metrics" in extra:
+        body += ["", "### Prometheus multiprocess mode vs per-worker registries (32 connections, alternated)", "",
+                 md_table(HEADERS, fmt(extra["metrics"]))]
     if "ref" in extra:
         body += ["", f"### Before/after: service at `{a.compare_ref}` vs the working tree (same run)", "",
                  md_table(HEADERS, fmt(extra["ref"]))]

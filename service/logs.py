@@ -45,8 +45,22 @@ class JsonFormatter(structlog.stdlib.ProcessorFormatter):
         )
 
 
+class _CurrentStderr:
+    """Writes to whatever `sys.stderr` is at the time of the write, not at configuration time: a stream
+    swapped in and later closed (a test runner's capture, a CLI harness) must not break every later log line."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+_STDERR = _CurrentStderr()
+
+
 def _json_handler() -> logging.Handler:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_STDERR)
     handler.setFormatter(JsonFormatter())
     handler._mrdib_json = True  # type: ignore[attr-defined]  # marks ours, so that it is added once
     return handler
@@ -84,7 +98,7 @@ def configure_logging(level: str = "INFO") -> None:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(_STDERR),
         cache_logger_on_first_use=True,
     )
     root = logging.getLogger()

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from mrdib.artifact.store import load_artifact
+import service.metrics  # noqa: F401 - prometheus_client picks its value storage at import: import it while
+from mrdib.artifact.store import load_artifact  # PROMETHEUS_MULTIPROC_DIR is unset, as in a serving supervisor
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,6 +52,12 @@ def test_serve_flags_override_environment(monkeypatch, tmp_path):
     calls = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.update(app=app, **kw))
     monkeypatch.setenv("MRDIB_ARTIFACTS", "/somewhere/else")
+    # --workers 2 sets up the shared metrics folder in this process's environment (for the workers it spawns):
+    # through monkeypatch, so that it is undone after the test; a stale file of an earlier run is removed.
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_123.db").write_bytes(b"stale")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
     import typer
 
     cli = typer.Typer()
@@ -63,6 +70,7 @@ def test_serve_flags_override_environment(monkeypatch, tmp_path):
     import os
 
     assert os.environ["MRDIB_ARTIFACTS"] == str(tmp_path.resolve())
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(metrics_dir) and list(metrics_dir.iterdir()) == []
     bad = CliRunner().invoke(cli, ["--port", "0"])
     assert bad.exit_code == 2
 
