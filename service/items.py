@@ -5,6 +5,7 @@ the worker that received it would be visible to 1/N of the requests. So with Red
 change log IS Redis:
 
 * ``items:side``    hash   item id -> JSON ``{"features": {modality: [floats]}, "put_at": ISO time}``
+  (the record's format: mrdib/side_items.py, shared with `mrdib retrain`, which merges these items)
 * ``items:deleted`` set    ids hidden from every result
 * ``items:ver``     counter incremented by every change (one Lua script per change: atomic)
 
@@ -44,6 +45,7 @@ from typing import Literal
 import numpy as np
 import structlog
 
+from mrdib.side_items import SideItem, decode_side, encode_side
 from service.redis_link import REDIS_DOWN, RedisLink
 from service.wal import WalFile
 
@@ -68,14 +70,6 @@ class ItemLogUnavailable(RuntimeError):
 
 
 @dataclass(frozen=True)
-class SideItem:
-    """A PUT item: its modality features and when it was put (to tell whether a model was trained after)."""
-
-    features: Mapping[str, np.ndarray]
-    put_at: datetime
-
-
-@dataclass(frozen=True)
 class ItemChanges:
     """A snapshot of every admin change; `version` orders snapshots of one log.
 
@@ -92,24 +86,6 @@ class ItemChanges:
     def same_as(self, other: ItemChanges) -> bool:
         """Whether both snapshots hold the same changes (the cheap test of the sync loop)."""
         return self.version == other.version and self.pending_token == other.pending_token
-
-
-def encode_side(item: SideItem) -> str:
-    return json.dumps({"features": {m: np.asarray(v, np.float32).tolist() for m, v in item.features.items()},
-                       "put_at": item.put_at.isoformat()})
-
-
-def decode_side(raw: bytes | str) -> SideItem:
-    """Inverse of `encode_side`; ValueError (naming the problem) for anything else."""
-    try:
-        d = json.loads(raw)
-        feats = {str(m): np.asarray(v, dtype=np.float32) for m, v in d["features"].items()}
-        put_at = datetime.fromisoformat(d["put_at"])
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ValueError(f"unreadable side item record: {type(e).__name__}: {e}") from e
-    if any(v.ndim != 1 for v in feats.values()):
-        raise ValueError("unreadable side item record: features must be flat lists")
-    return SideItem(feats, put_at if put_at.tzinfo else put_at.replace(tzinfo=UTC))
 
 
 class ItemChangeLog:

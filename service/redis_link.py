@@ -22,6 +22,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from mrdib.side_items import side_item_keys
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -96,7 +97,7 @@ class RedisLink:
 
     def items_keys(self) -> tuple[str, str, str]:
         """Admin item changes shared by every worker: (side items hash, deleted ids set, change counter)."""
-        return self.key("items", "side"), self.key("items", "deleted"), self.key("items", "ver")
+        return side_item_keys(self.settings.redis_key_prefix)
 
     @property
     def stream(self) -> str:

@@ -19,14 +19,7 @@ import os
 from pathlib import Path
 from typing import IO
 
-
-def _fsync_dir(path: Path) -> None:
-    """Make a new file's directory entry durable (fsync of the file alone does not)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from mrdib.artifact.store import fsync_dir
 
 
 class LockedWal:
@@ -82,7 +75,7 @@ class WalFile:
         try:
             fcntl.flock(f, fcntl.LOCK_EX)
             if created:
-                _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
         except BaseException:
             f.close()
             raise

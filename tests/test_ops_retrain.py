@@ -25,7 +25,7 @@ from training.retrain import (
     RetrainError,
     RetrainSettings,
     RetrainState,
-    SideItem,
+    SideRecord,
     StreamEvent,
     clear_side_items,
     gate_decision,
@@ -253,8 +253,8 @@ def test_merge_is_deterministic_and_roundtrips_through_mmrec(tmp_path: Path) -> 
 # ---------------------------------------------------------------------------------------------- side items
 
 
-def _side(item_id: str, vec, seconds: int = 0, modality: str = "text") -> SideItem:
-    return SideItem(item_id, {modality: np.asarray(vec, dtype=np.float32)},
+def _side(item_id: str, vec, seconds: int = 0, modality: str = "text") -> SideRecord:
+    return SideRecord(item_id, {modality: np.asarray(vec, dtype=np.float32)},
                     datetime(2026, 11, 1, tzinfo=UTC) + timedelta(seconds=seconds), f"raw-{item_id}".encode())
 
 
@@ -293,22 +293,13 @@ def test_merge_side_items_appends_updates_and_rejects(tmp_path: Path) -> None:
     np.testing.assert_array_equal(back.features["text"], with_events.features["text"])
 
 
-def test_side_item_keys_are_the_services() -> None:
-    from service.metrics import Metrics
-    from service.redis_link import RedisLink
-    from service.settings import Settings
-
-    link = RedisLink(Settings(redis_url=REDIS_URL, redis_key_prefix="pfx:"), Metrics())
-    assert link.items_keys() == side_item_keys("pfx:")
-
-
 @pytest.mark.redis
 def test_side_items_in_the_services_format_are_read_and_cleared(redis_client) -> None:
-    """Records encoded by the service's own code (service.items.encode_side) under the service's keys are read,
+    """Records encoded by the shared codec (mrdib/side_items.py, what the service writes) under the service's keys
+    (RedisLink.items_keys) are read,
     merged and, after a promotion, cleared -- except one PUT again meanwhile. (tests/test_ops_e2e.py does the
     same through the running service's PUT/DELETE routes.)"""
-    from service.items import SideItem as ServiceSideItem
-    from service.items import encode_side
+    from mrdib.side_items import SideItem, encode_side
 
     client, keys = redis_client
     prefix = f"test-ops:{uuid.uuid4().hex}:"
@@ -316,7 +307,7 @@ def test_side_items_in_the_services_format_are_read_and_cleared(redis_client) ->
     keys += [side_key, deleted_key, ver_key]
 
     def put(item_id: str, x: np.ndarray) -> None:
-        client.hset(side_key, item_id, encode_side(ServiceSideItem({"text": x}, datetime.now(UTC))))
+        client.hset(side_key, item_id, encode_side(SideItem({"text": x}, datetime.now(UTC))))
         client.incr(ver_key)
 
     feats = {"sku-1": np.arange(4, dtype=np.float32), "sku-2": np.full(4, 0.5, np.float32)}

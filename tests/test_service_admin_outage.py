@@ -76,7 +76,7 @@ def test_admin_item_changes_survive_a_redis_outage(tmp_path, build_artifact):
             # Redis up: shared at once, 200, not pending.
             r = _change(a, "PUT", "before-outage", item_features(1))
             assert r.status_code == 200 and r.json()["pending_sync"] is False
-            wait_for(lambda: "before-outage" in _ids(b, user), what="worker b to index before-outage")
+            wait_for(lambda: "before-outage" in _ids(b, user), what="worker b to index before-outage", timeout=15)
             assert _ids(b, user) == {*catalogue, "before-outage"}
 
             rs.stop()
@@ -114,7 +114,8 @@ def test_admin_item_changes_survive_a_redis_outage(tmp_path, build_artifact):
                 ("delete", "fresh-2"), ("delete", "fresh-3"), ("put", "fresh-3"), ("put", "fresh-1")]
             assert "mrdib_item_changes_pending 8.0" in a.get("/metrics").text
             # c shares the host's WAL: it applies the pending changes without Redis.
-            wait_for(lambda: _ids(c, user) == served, what="worker c (same host) to apply the pending changes")
+            wait_for(lambda: _ids(c, user) == served, timeout=15,
+                     what="worker c (same host) to apply the pending changes")
             # b (another host) cannot know them yet.
             assert _ids(b, user) == {*catalogue, "before-outage"}
 
@@ -130,15 +131,15 @@ def test_admin_item_changes_survive_a_redis_outage(tmp_path, build_artifact):
             assert {x.decode() for x in db.smembers(PREFIX + "items:deleted")} == {i0, "before-outage", "fresh-2"}
 
             # The other host's worker now applies them, through Redis only.
-            wait_for(lambda: _ids(b, user) == served, timeout=10, what="worker b to apply the replayed changes")
+            wait_for(lambda: _ids(b, user) == served, timeout=15, what="worker b to apply the replayed changes")
             assert b.get("/items/fresh-2/similar").status_code == 404
             for http in (a, b, c):
-                wait_for(lambda http=http: http.get("/readyz").json()["redis"] == "ok", what="redis ok")
+                wait_for(lambda http=http: http.get("/readyz").json()["redis"] == "ok", what="redis ok", timeout=15)
                 assert "mrdib_item_changes_pending 0.0" in http.get("/metrics").text
             # Back to normal: shared at once, not pending.
             r = _change(b, "PUT", "after-outage", item_features(6))
             assert r.status_code == 200 and r.json()["pending_sync"] is False
-            wait_for(lambda: "after-outage" in _ids(a, user), what="worker a to index after-outage")
+            wait_for(lambda: "after-outage" in _ids(a, user), what="worker a to index after-outage", timeout=15)
             assert item_wal.read_text() == ""
     finally:
         rs.close()

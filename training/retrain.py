@@ -67,6 +67,7 @@ import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mrdib.artifact.store import atomic_write_text
+from mrdib.side_items import decode_side, side_item_keys
 from training.data.dataset import TRAIN, VALID, DataError, InteractionDataset
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_UNAVAILABLE, EXIT_LOCKED = 0, 2, 3, 69, 75
@@ -388,18 +389,10 @@ def write_mmrec(ds: InteractionDataset, out: Path) -> Path:
 # Side items (PUT /items through the API), merged into the catalogue
 
 
-def side_item_keys(prefix: str = "") -> tuple[str, str, str]:
-    """(side items hash, deleted ids set, change counter): the keys of service.redis_link.RedisLink.items_keys
-    under the same MRDIB_REDIS_KEY_PREFIX. Repeated here (not imported) so that retraining does not need the
-    service's dependencies; tests/test_ops_retrain.py checks that both agree."""
-    return f"{prefix}items:side", f"{prefix}items:deleted", f"{prefix}items:ver"
-
-
 @dataclass(frozen=True)
-class SideItem:
-    """One PUT item as the service stores it: {"features": {modality: [floats]}, "put_at": ISO time}
-    (service.items.encode_side). `raw` is the stored value itself, so that clearing removes exactly
-    what was merged and never a newer PUT of the same id."""
+class SideRecord:
+    """One PUT item as read from the side index (format: mrdib/side_items.py), with its id. `raw` is the
+    stored value itself, so that clearing removes exactly what was merged and never a newer PUT of the same id."""
 
     item_id: str
     features: dict[str, np.ndarray]
@@ -411,23 +404,16 @@ class SideItem:
 class SideSnapshot:
     """The side index and the deleted set, read together (one MULTI)."""
 
-    items: dict[str, SideItem] = field(default_factory=dict)
+    items: dict[str, SideRecord] = field(default_factory=dict)
     deleted: frozenset[str] = frozenset()
     unreadable: dict[str, str] = field(default_factory=dict)  # item id -> what is wrong with its record
 
 
-def decode_side_record(item_id: str, raw: bytes | str) -> SideItem:
+def decode_side_record(item_id: str, raw: bytes | str) -> SideRecord:
     """Parse one side-index value; ValueError naming the problem for anything the service would not write."""
     raw_b = raw if isinstance(raw, bytes) else str(raw).encode("utf-8")
-    try:
-        d = json.loads(raw_b)
-        feats = {str(m): np.asarray(v, dtype=np.float32) for m, v in d["features"].items()}
-        put_at = datetime.fromisoformat(d["put_at"])
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ValueError(f"unreadable side item record ({type(e).__name__}: {e})") from None
-    if not feats or any(v.ndim != 1 for v in feats.values()):
-        raise ValueError("unreadable side item record: features must be one flat list per modality")
-    return SideItem(item_id, feats, put_at if put_at.tzinfo else put_at.replace(tzinfo=UTC), raw_b)
+    item = decode_side(raw_b)
+    return SideRecord(item_id, dict(item.features), item.put_at, raw_b)
 
 
 def read_side_items(client: Any, prefix: str = "") -> SideSnapshot:
@@ -460,7 +446,7 @@ class SideReport(BaseModel):
     cleared: int = 0  # removed from the side index after the promotion of a model trained on them
 
 
-def _side_problem(item: SideItem, dims: dict[str, int]) -> str | None:
+def _side_problem(item: SideRecord, dims: dict[str, int]) -> str | None:
     if not item.item_id or _BAD_ID_RE.search(item.item_id) or item.item_id != item.item_id.strip():
         return "its id is empty, has surrounding spaces, or holds a tab/newline/NUL"
     if set(item.features) != set(dims):
@@ -475,8 +461,8 @@ def _side_problem(item: SideItem, dims: dict[str, int]) -> str | None:
 
 
 def merge_side_items(
-    ds: InteractionDataset, items: Iterable[SideItem]
-) -> tuple[InteractionDataset, SideReport, list[SideItem], list[str]]:
+    ds: InteractionDataset, items: Iterable[SideRecord]
+) -> tuple[InteractionDataset, SideReport, list[SideRecord], list[str]]:
     """Put the side items into the catalogue. Pure: returns (dataset, report, merged items, warnings).
 
     A new id becomes a new item row at the end (rows stay append-only, so a warm start still maps old
@@ -489,10 +475,10 @@ def merge_side_items(
     dims = dict(ds.feature_dims)
     report = SideReport()
     warnings: list[str] = []
-    merged: list[SideItem] = []
+    merged: list[SideRecord] = []
     item_row = {x: i for i, x in enumerate(ds.item_ids)}
-    updates: dict[int, SideItem] = {}
-    new: list[SideItem] = []
+    updates: dict[int, SideRecord] = {}
+    new: list[SideRecord] = []
     for item in sorted(items, key=lambda s: (s.put_at, s.item_id)):
         report.items += 1
         problem = _side_problem(item, dims)
@@ -541,7 +527,7 @@ return n
 """
 
 
-def clear_side_items(client: Any, items: Sequence[SideItem], prefix: str = "") -> int:
+def clear_side_items(client: Any, items: Sequence[SideRecord], prefix: str = "") -> int:
     """Remove merged side items from the side index, each only if unchanged since it was read (a PUT
     during the run stays for the next one). Atomic (one Lua script); returns how many were removed.
 
@@ -848,7 +834,7 @@ def _train_config(settings: RetrainSettings, current: Any | None, data: Path, ou
     return cfg.model_copy(update=updates)
 
 
-def _publish(settings: RetrainSettings, checkpoint: Path, gate: GateResult, side_merged: Sequence[SideItem]) -> str:
+def _publish(settings: RetrainSettings, checkpoint: Path, gate: GateResult, side_merged: Sequence[SideRecord]) -> str:
     """Export the candidate with the real export pipeline (ONNX towers, FAISS indexes, verified
     manifest carrying the gate verdict). Promoted: into the artifacts root, which flips `current`.
     Rejected: into ROOT/retrain/rejected, so the served model stays and the candidate can be inspected.

@@ -52,7 +52,8 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a new or renamed entry of directory `path` durable (fsync of the file alone does not)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -75,7 +76,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def staging_dir(root: Path) -> Path:
@@ -115,7 +116,7 @@ def publish(staging: Path, manifest_fields: dict, root: Path, keep: int = 5) -> 
     if final.exists():
         raise ArtifactError(f"version {manifest.model_version} already exists under {root}")
     os.rename(staging, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     atomic_write_text(root / CURRENT, manifest.model_version + "\n")
     prune(root, keep)
     return manifest
