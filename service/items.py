@@ -216,15 +216,20 @@ class RedisItemLog(ItemChangeLog):
                 if self.link.up:
                     try:
                         results = await self._send([*waiting, change])
-                        self._base = await self.snapshot()
                     except REDIS_DOWN as e:
                         self.link.mark_down(f"{change.op}_item", e)
                     else:
+                        # In Redis now, whatever happens next: the file must not replay them over newer changes.
                         if lines:
                             await asyncio.to_thread(self._reject, bad)
                             await asyncio.to_thread(wal.clear)
                             log.info("item_changes_replayed", changes=len(waiting), file=str(self.wal.path))
                         had = bool(results[-1][0]) if change.op == "delete" else True
+                        try:
+                            self._base = await self.snapshot()
+                        except REDIS_DOWN as e:  # sent, but not read back: apply them here; the next sync reads them
+                            self.link.mark_down("item_snapshot", e)
+                            return replace(fold(self._base, [*waiting, change], ""), pending=0, pending_token=""), had
                         return self._view([]), had
                 had = change.item_id in fold(self._base, waiting, "").side
                 line = change.to_line()

@@ -181,3 +181,40 @@ def test_item_wal_replay_keeps_order_and_sets_a_torn_line_aside(tmp_path):
         assert wal.with_suffix(".rejected").read_text() == lines[-1] + "\n"
     finally:
         rs.close()
+
+
+def test_change_sent_but_not_read_back_is_not_left_pending(tmp_path: Path) -> None:
+    """Redis takes the waiting changes and the new one, then fails before the snapshot is read back: the
+    changes are in Redis, so the file must be emptied (a later replay would write them over newer changes made
+    elsewhere) and the answer must not say pending; this worker applies them at once."""
+    rs = PrivateRedis()
+    rs.start()
+    wal = tmp_path / "items.jsonl"
+    item = SideItem({m: np.asarray(v, np.float32) for m, v in item_features(3).items()},
+                    datetime(2026, 1, 2, tzinfo=UTC))
+    wal.write_text(PendingChange.put("from-outage", item).to_line() + "\n")
+
+    async def scenario() -> tuple[ItemChanges, bool]:
+        link = RedisLink(Settings(redis_url=rs.url, redis_key_prefix=PREFIX, wal_path=tmp_path / "e.jsonl"),
+                         Metrics())
+        try:
+            assert await link.probe()
+            log = RedisItemLog(link, wal)
+
+            async def lost_connection() -> ItemChanges:
+                raise redis.exceptions.ConnectionError("connection lost after the changes were sent")
+
+            log.snapshot = lost_connection  # type: ignore[method-assign]
+            return await log.delete("some-item")
+        finally:
+            await link.close()
+
+    try:
+        changes, _had = asyncio.run(scenario())
+        assert changes.pending == 0  # answered 200, not 202 pending_sync
+        assert "from-outage" in changes.side and "some-item" in changes.deleted
+        assert wal.read_text() == ""
+        db = redis.Redis.from_url(rs.url)
+        assert db.hexists(PREFIX + "items:side", "from-outage") and db.sismember(PREFIX + "items:deleted", "some-item")
+    finally:
+        rs.close()
