@@ -133,7 +133,8 @@ class ServingModel:
 
 
 def load_serving_model(path: Path, settings: Settings) -> ServingModel:
-    """Verify and open one version directory completely (blocking; run it in a thread)."""
+    """Verify and open one version directory completely (blocking; run it in a thread). `load_artifact` checks
+    checksums, shapes, finite vectors and that the components add up to the item vectors."""
     art = load_artifact(path, verify=True)
     m = art.manifest
     use_gpu = settings.use_gpu
@@ -145,8 +146,6 @@ def load_serving_model(path: Path, settings: Settings) -> ServingModel:
         if key not in m.indexes:
             raise ArtifactError(f"{path / S.MANIFEST}: no {key!r} index listed")
         indexes[key] = VectorIndex.load(art.path, key, m, art.item_vectors, use_gpu)
-    if not np.allclose(art.item_components.sum(axis=0), art.item_vectors, atol=1e-3):
-        raise ArtifactError(f"{art.file(S.ITEM_COMPONENTS)}: components do not sum to item_vectors")
     popular = np.argsort(-art.item_popularity, kind="stable").astype(np.int64)
     return ServingModel(
         artifact=art, user_tower=user_tower, item_tower=item_tower, ip=indexes["ip"], cos=indexes["cosine"],

@@ -234,8 +234,9 @@ def _read_csr(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return indptr, indices
 
 
-def verify_artifact(path: Path) -> Manifest:
-    """Check one version directory completely: schema, every file present with its sha256, shapes.
+def verify_artifact(path: Path, contents: bool = True) -> Manifest:
+    """Check one version directory completely: schema, every file present with its sha256, shapes, and
+    (`contents`) finite vectors whose components add up (`load_artifact` checks the arrays it loads instead).
 
     Raises ArtifactError naming the first problem found.
     """
@@ -256,7 +257,9 @@ def verify_artifact(path: Path) -> Manifest:
         if sha256_file(f) != entry.sha256:
             raise ArtifactError(f"{f}: checksum mismatch (corrupt or modified)")
     _check_shapes(path, m)
-    _check_contents(path)
+    if contents:
+        check_contents(path, _mapped(path / S.USER_VECTORS), _mapped(path / S.ITEM_VECTORS),
+                       _mapped(path / S.ITEM_COMPONENTS))
     return m
 
 
@@ -265,17 +268,14 @@ COMPONENT_SUM_ATOL = 1e-4
 _CHECK_ROWS = 65_536  # rows per chunk: bounds the memory of the content check on million-item catalogues
 
 
-def _check_contents(path: Path) -> None:
+def check_contents(path: Path, users: np.ndarray, items: np.ndarray, comps: np.ndarray) -> None:
     """Vectors are finite and the item components add up to the item vectors.
 
     Checksums only prove the files are the ones the exporter wrote; this catches an exporter (or a
     hand-assembled artifact) that wrote NaN or an explanation that does not explain the score --
     the service would otherwise rank with garbage or report shares that sum to something else.
-    Arrays are memory-mapped and checked in chunks.
+    Works on loaded or memory-mapped arrays, in chunks (bounded memory on million-item catalogues).
     """
-    users = np.load(path / S.USER_VECTORS, mmap_mode="r", allow_pickle=False)
-    items = np.load(path / S.ITEM_VECTORS, mmap_mode="r", allow_pickle=False)
-    comps = np.load(path / S.ITEM_COMPONENTS, mmap_mode="r", allow_pickle=False)
     for start in range(0, max(len(users), 1), _CHECK_ROWS):
         if not np.isfinite(users[start : start + _CHECK_ROWS]).all():
             raise ArtifactError(f"{path / S.USER_VECTORS}: NaN or inf in rows {start}..{start + _CHECK_ROWS - 1}")
@@ -292,6 +292,10 @@ def _check_contents(path: Path) -> None:
                 f"{path / S.ITEM_COMPONENTS}: components do not sum to the item vector (item row {row}, "
                 f"largest difference {np.nanmax(err):.3g}, tolerance {tol:.3g})"
             )
+
+
+def _mapped(path: Path) -> np.ndarray:
+    return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
 @dataclass(frozen=True)
@@ -317,19 +321,23 @@ class LoadedArtifact:
 
 
 def load_artifact(path: Path, verify: bool = True) -> LoadedArtifact:
+    """The arrays of one version; `verify` = everything `verify_artifact` checks, the contents on the loaded arrays."""
     path = Path(path)
-    m = verify_artifact(path) if verify else read_manifest(path)
+    m = verify_artifact(path, contents=False) if verify else read_manifest(path)
 
     def npy(name: str) -> np.ndarray:
         return np.load(path / name, allow_pickle=False)
 
+    items, users, comps = npy(S.ITEM_VECTORS), npy(S.USER_VECTORS), npy(S.ITEM_COMPONENTS)
+    if verify:
+        check_contents(path, users, items, comps)
     indptr, indices = _read_csr(path / S.TRAIN_CSR)
     return LoadedArtifact(
         path=path,
         manifest=m,
-        item_vectors=npy(S.ITEM_VECTORS),
-        user_vectors=npy(S.USER_VECTORS),
-        item_components=npy(S.ITEM_COMPONENTS),
+        item_vectors=items,
+        user_vectors=users,
+        item_components=comps,
         item_ids=_read_ids(path / S.ITEM_IDS),
         user_ids=_read_ids(path / S.USER_IDS),
         item_popularity=npy(S.ITEM_POPULARITY),
