@@ -12,7 +12,7 @@ can_be_root() {
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then
     "$@"
-  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+  elif can_be_root; then
     sudo -n "$@"
   else
     return 126

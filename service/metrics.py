@@ -14,7 +14,6 @@ may legitimately differ, e.g. during a model swap).
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -30,14 +29,16 @@ def multiprocess_dir() -> Path | None:
 
 
 def prepare_multiprocess_dir() -> Path:
-    """Before the workers start: use $PROMETHEUS_MULTIPROC_DIR (emptied: files of an earlier run would be
-    added to this one's counters) or a new temporary folder, and export it to the workers."""
+    """Before the workers start: use $PROMETHEUS_MULTIPROC_DIR or a new temporary folder, and export it to the
+    workers. The metric files (*.db) of an earlier run are removed, as prometheus_client asks (they would be added
+    to this run's counters); nothing else in a folder we were only pointed at is touched."""
     d = multiprocess_dir()
     if d is None:
         d = Path(tempfile.mkdtemp(prefix="mrdib-metrics-"))
     else:
-        shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True, exist_ok=True)
+        for stale in d.glob("*.db"):
+            stale.unlink(missing_ok=True)
     os.environ[MULTIPROC_ENV] = str(d)
     return d
 

@@ -223,9 +223,19 @@ def corrupt(root: Path, version: str, name: str = S.ITEM_VECTORS) -> None:
 
 
 def free_port() -> int:
+    """A loopback port nobody listens on (bound once by us, then released)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def metric_sum(text: str, name: str, label: str) -> float:
+    """Sum of the samples of `name` whose labels contain `label`, in a Prometheus text exposition."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and label in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 class ServerThread:

@@ -11,12 +11,13 @@ import contextlib
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests._service_helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 LIB = REPO / ".ci" / "lib.sh"
@@ -26,12 +27,6 @@ INSTALL_TORCH = REPO / "deploy" / "install-torch.sh"
 def _script(path: Path, body: str) -> None:
     path.write_text("#!/bin/sh\n" + body)
     path.chmod(0o755)
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------------- torch
@@ -104,7 +99,7 @@ def test_ensure_redis_with_one_running_does_nothing(sandbox) -> None:
 
 def test_ensure_redis_not_root_without_sudo_fails_clearly(sandbox) -> None:
     _, env = sandbox
-    r = _lib(env, f'ensure_redis "redis://127.0.0.1:{_closed_port()}/0"')
+    r = _lib(env, f'ensure_redis "redis://127.0.0.1:{free_port()}/0"')
     assert r.returncode == 1
     assert "redis-server is not installed" in r.stderr and "needs root" in r.stderr and "sudo" in r.stderr
     assert not Path(env["CALLS"]).exists()  # apt-get never attempted
@@ -131,7 +126,7 @@ case "$*" in
   *) exec "$@" ;;
 esac
 """)
-    port = _closed_port()
+    port = free_port()
     try:
         r = _lib(env, f'ensure_redis "redis://127.0.0.1:{port}/0"')
         assert r.returncode == 0, r.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
+from tests._service_helpers import free_port
 from training.data.dataset import TEST, TRAIN, VALID, InteractionDataset
 from training.retrain import (
     EXIT_BAD_INPUT,
@@ -124,13 +124,6 @@ def _retrain_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
 
-def _closed_port() -> int:
-    """A loopback port nobody listens on (bound once by us, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_cli_exits_75_while_locked(tmp_path: Path) -> None:
     with retrain_lock(tmp_path):
         r = _retrain_cli(tmp_path, "--artifacts", str(tmp_path), "--base", str(tmp_path / "none"))
@@ -164,7 +157,7 @@ def test_cli_exits_2_on_a_bad_base_dataset(tmp_path: Path, redis_client, case: s
 
 
 def test_cli_exits_69_when_redis_is_unreachable(tmp_path: Path) -> None:
-    url = f"redis://127.0.0.1:{_closed_port()}/0"
+    url = f"redis://127.0.0.1:{free_port()}/0"
     r = _retrain_cli(tmp_path, "--artifacts", str(tmp_path), "--base", str(tmp_path), "--redis-url", url)
     assert r.returncode == EXIT_UNAVAILABLE, r.stdout + r.stderr
     assert f"Redis unreachable at {url}" in r.stderr

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,15 +25,10 @@ pytest.importorskip("torch")
 httpx = pytest.importorskip("httpx")
 
 from tests._export_helpers import write_tiny_checkpoint, write_tiny_mmrec  # noqa: E402
+from tests._service_helpers import free_port, metric_sum  # noqa: E402
 
 READY_BUDGET_S = 60.0
 MAX_REQUESTS = 60  # until both workers have answered; P(all on one worker) is negligible long before
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _children(pid: int) -> list[int]:
@@ -75,7 +69,7 @@ def artifacts(tmp_path_factory) -> Path:
 
 
 def test_serve_with_two_workers(tmp_path: Path, artifacts: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MRDIB_") and k != "REDIS_URL"}
     env.update(MRDIB_WAL_PATH=str(tmp_path / "events.wal.jsonl"), MRDIB_CPU_THREADS="1")
     cmd = [sys.executable, "-c", "import sys; from mrdib.cli import app; sys.argv[0] = 'mrdib'; app()", "serve",
@@ -122,9 +116,9 @@ def test_serve_with_two_workers(tmp_path: Path, artifacts: Path) -> None:
         # One /metrics for both workers: whichever worker a scrape reaches, it counts every request.
         for _ in range(4):
             text = httpx.get(f"{base}/metrics", headers={"Connection": "close"}, timeout=5).text
-            assert _sample(text, "mrdib_request_seconds_count", 'route="/recommend"') == requests
-            assert _sample(text, "mrdib_user_cache_total", 'result="miss"') == 2
-            assert _sample(text, "mrdib_user_cache_total", 'result="hit"') == requests - 2
+            assert metric_sum(text, "mrdib_request_seconds_count", 'route="/recommend"') == requests
+            assert metric_sum(text, "mrdib_user_cache_total", 'result="miss"') == 2
+            assert metric_sum(text, "mrdib_user_cache_total", 'result="hit"') == requests - 2
             assert text.count('mrdib_model_info{pid="') == 2 and f'version="{version}"' in text
 
         # Clean shutdown: SIGTERM to the supervisor stops both workers, and it exits 0.
@@ -134,15 +128,6 @@ def test_serve_with_two_workers(tmp_path: Path, artifacts: Path) -> None:
         print(f"2 workers ready in {ready_s:.1f}s; both answered within {requests} /recommend requests")
     finally:
         _stop(proc)
-
-
-def _sample(text: str, name: str, label: str) -> float:
-    """Sum of the samples of `name` whose labels contain `label`, in a Prometheus text exposition."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and label in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def _status(pid: int) -> str:

@@ -57,6 +57,7 @@ def test_serve_flags_override_environment(monkeypatch, tmp_path):
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     (metrics_dir / "counter_123.db").write_bytes(b"stale")
+    (metrics_dir / "README").write_text("not ours")
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
     import typer
 
@@ -70,7 +71,8 @@ def test_serve_flags_override_environment(monkeypatch, tmp_path):
     import os
 
     assert os.environ["MRDIB_ARTIFACTS"] == str(tmp_path.resolve())
-    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(metrics_dir) and list(metrics_dir.iterdir()) == []
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(metrics_dir)
+    assert [f.name for f in metrics_dir.iterdir()] == ["README"]  # the stale metric file went, nothing else
     bad = CliRunner().invoke(cli, ["--port", "0"])
     assert bad.exit_code == 2
 
