@@ -313,7 +313,7 @@ class RedisItemLog(ItemChangeLog):
         # The WAL is read BEFORE Redis: a sibling worker may replay it meanwhile, and its replay writes Redis
         # before it truncates the file, so a change is in what we read from one or the other (or both, which
         # folds to the same state), never in neither.
-        lines = await asyncio.to_thread(self.wal.read_lines)
+        lines = [] if self.wal.looks_empty() else await asyncio.to_thread(self.wal.read_lines)
         if self.link.up:  # while it is down, skip Redis (no timeout per tick); the event monitor's probe revives it
             try:
                 if lines:

@@ -86,6 +86,14 @@ class WalFile:
         with self.locked() as wal:
             wal.append(line)
 
+    def looks_empty(self) -> bool:
+        """One stat, no open or lock: cheap enough for the event loop of a loop that polls every tick. A line
+        appended right after is seen at the next poll; a file truncated by a replay was sent to Redis first."""
+        try:
+            return self.path.stat().st_size == 0
+        except FileNotFoundError:
+            return True
+
     def read_lines(self) -> list[str]:
         """Every non-empty line, under a shared lock (never a half-written one); [] when there is no file."""
         try:
