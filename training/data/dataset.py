@@ -40,6 +40,9 @@ class InteractionDataset:
         modality name -> float32 [n_items, d_m]; row i belongs to item row i.
     warnings:
         Human-readable notes from loading (dropped duplicates, dropped users, ...).
+    item_meta:
+        Display fields per item row (title, category, url, ...; see mrdib/item_meta.py), or None when the
+        dataset has none. Not part of the fingerprint: it never changes what a model learns.
     """
 
     name: str
@@ -51,6 +54,7 @@ class InteractionDataset:
     item_ids: list[str]
     features: dict[str, np.ndarray]
     warnings: list[str] = field(default_factory=list)
+    item_meta: list[dict] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.users)
@@ -62,6 +66,8 @@ class InteractionDataset:
         for m, x in self.features.items():
             if x.dtype != np.float32 or x.ndim != 2 or x.shape[0] != self.n_items:
                 raise ValueError(f"features[{m!r}] must be float32 [{self.n_items}, d], got {x.dtype} {x.shape}")
+        if self.item_meta is not None and len(self.item_meta) != self.n_items:
+            raise ValueError(f"item_meta has {len(self.item_meta)} records for {self.n_items} items")
 
     @classmethod
     def from_pairs(

@@ -9,6 +9,8 @@ A dataset folder holds:
 - optional ``i_id_mapping.csv`` / ``u_id_mapping.csv``: tab-separated, header first, external id
   and internal id (``org_id remap_id`` here; the Amazon releases use ``asin itemID`` and
   ``reviewerID userID``) so that the artifact can translate back to the shop's ids.
+- optional ``item_meta.jsonl``: display fields per item row (title, genres, url, ...), the format of
+  mrdib/item_meta.py; carried into the artifact so that responses can show them.
 
 The real Amazon Baby/Sports/Clothing releases load unchanged. Internal rows are the file's ids,
 unchanged, so that externally produced score matrices (e.g. eval-golden) stay aligned.
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mrdib.item_meta import ITEM_META_FILE, ItemMetaError, read_item_meta, write_item_meta
 from training.data.dataset import TEST, TRAIN, VALID, DataError, InteractionDataset
 from training.data.textio import Table, parse_table
 
@@ -245,6 +248,13 @@ def load_mmrec(
             f"{int(orphan.sum())} valid/test rows (first on line {_first_line(t, orphan)})"
         )
 
+    item_meta = None
+    if (path / ITEM_META_FILE).is_file():
+        try:
+            item_meta = read_item_meta(path / ITEM_META_FILE, item_ids)
+        except ItemMetaError as e:
+            raise DataError(str(e)) from None
+
     return InteractionDataset(
         name=inter.stem,
         users=users[keep],
@@ -255,6 +265,7 @@ def load_mmrec(
         item_ids=item_ids,
         features=features,
         warnings=warnings,
+        item_meta=item_meta,
     )
 
 
@@ -268,7 +279,8 @@ def _write_mapping(f: Path, ids: list[str]) -> None:
 def write_mmrec(ds: InteractionDataset, out: Path, name: str | None = None, ratings: np.ndarray | None = None) -> Path:
     """Write ``ds`` in the MMRec layout under ``out`` (created); ``load_mmrec(out)`` gives it back.
 
-    Writes ``<name>.inter`` (default name: ``ds.name``), ``<modality>_feat.npy`` and both id mappings.
+    Writes ``<name>.inter`` (default name: ``ds.name``), ``<modality>_feat.npy``, both id mappings and, when the
+    dataset has display fields, ``item_meta.jsonl``.
     ``ratings`` (float [n]) fills the rating column; default 1.0 (implicit feedback). Refuses a folder that
     already holds another ``.inter`` file, since the result would be ambiguous to load.
     """
@@ -288,4 +300,9 @@ def write_mmrec(ds: InteractionDataset, out: Path, name: str | None = None, rati
         np.save(out / f"{m}{FEATURE_SUFFIX}", np.ascontiguousarray(x, dtype=np.float32))
     _write_mapping(out / ITEM_MAPPING, ds.item_ids)
     _write_mapping(out / USER_MAPPING, ds.user_ids)
+    if ds.item_meta is not None:
+        try:
+            write_item_meta(out / ITEM_META_FILE, ds.item_ids, ds.item_meta)
+        except ItemMetaError as e:
+            raise DataError(f"{out / ITEM_META_FILE}: {e}") from None
     return out
