@@ -52,6 +52,10 @@ def test_tiny_grouplens_load(tmp_path: Path) -> None:
     assert meta[0, 19] == 1 and meta[-1, 27] == 1  # 1928 -> 1920s, 2015 -> last decade flag (2000s+)
     assert abs(meta[:, 28].mean()) < 1e-5 and abs(meta[:, 28].std(ddof=1) - 1) < 1e-4
     assert ds.item_ids[:3] == ["1", "2", "3"]
+    assert ds.item_meta[0] == {"title": "Movie 1 (1928)", "release_date": "01-Jan-1928", "year": 1928,
+                               "genres": ["Animation", "Children's", "Comedy"], "imdb_url": "http://x/1"}
+    assert ds.item_meta[2] == {"title": "Movie 3 (1934)", "genres": ["Animation", "Children's", "Comedy"],
+                               "imdb_url": "http://x/3"}  # no release date: no date fields, not empty ones
     again = load_grouplens(tmp_path / "ml", seed=1)
     assert again.fingerprint() == ds.fingerprint()
     assert load_grouplens(tmp_path / "ml", seed=2).fingerprint() != ds.fingerprint()
@@ -114,6 +118,12 @@ def test_shared_ml100k_matches_mm_release(tmp_path: Path) -> None:
     assert ds.user_ids == mm.user_ids and ds.item_ids == mm.item_ids
     assert (ds.csr((0, 1, 2)) != mm.csr((0, 1, 2))).nnz == 0
     np.testing.assert_allclose(ds.features["meta"], mm.features["meta"], atol=1e-6)
+    star_wars = ds.item_meta[ds.item_ids.index("50")]
+    assert star_wars["title"] == "Star Wars (1977)" and star_wars["year"] == 1977
+    assert star_wars["genres"] == ["Action", "Adventure", "Romance", "Sci-Fi", "War"]
+    assert sum("title" in m for m in ds.item_meta) == ds.n_items
+    back = load_mmrec(write_mmrec(ds, tmp_path / "mm"))
+    assert back.item_meta == ds.item_meta
     n = np.bincount(ds.users, minlength=ds.n_users)
     assert (np.bincount(ds.users[ds.splits == TRAIN], minlength=ds.n_users) == split_counts(n)[0]).all()
 

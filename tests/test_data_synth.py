@@ -89,7 +89,7 @@ def test_default_shape_counts_and_determinism(tmp_path: Path) -> None:
     cfg = SynthConfig()
     a = generate_synthetic(cfg, tmp_path / "a")
     b = generate_synthetic(cfg, tmp_path / "b")
-    for name in ("synth.inter", "image_feat.npy", "text_feat.npy", "factors.npz"):
+    for name in ("synth.inter", "image_feat.npy", "text_feat.npy", "factors.npz", "item_meta.jsonl"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     ds = load_mmrec(a)
     assert (ds.n_users, ds.n_items, len(ds.users)) == (600, 400, 25_000)
@@ -99,6 +99,22 @@ def test_default_shape_counts_and_determinism(tmp_path: Path) -> None:
     assert ds.warnings == []  # no duplicates, every user has training rows
     other = load_mmrec(generate_synthetic(cfg.model_copy(update={"seed": 1}), tmp_path / "c"))
     assert other.fingerprint() != ds.fingerprint()
+
+
+def test_items_have_readable_names_that_follow_the_taste_factors(tmp_path: Path) -> None:
+    cfg = SynthConfig()
+    ds = load_mmrec(generate_synthetic(cfg, tmp_path / "s"))
+    assert ds.item_meta is not None and len(ds.item_meta) == ds.n_items
+    titles = [m["title"] for m in ds.item_meta]
+    assert all(len(t.split()) == 3 and t.istitle() for t in titles)
+    assert len(set(titles)) > 0.9 * ds.n_items  # mostly distinct names
+    category = np.array([m["category"] for m in ds.item_meta])
+    assert set(category) == {"Home", "Outdoors", "Toys", "Books"}  # one per redundant factor (4)
+    strongest = load_factors(tmp_path / "s")["redundant"].argmax(axis=1)
+    assert (category == np.array(["Home", "Outdoors", "Toys", "Books"])[strongest]).all()
+    # Without redundant factors there is no taste to name: every item falls in the first category.
+    bare = SynthConfig(n_redundant=0)
+    assert {m["category"] for m in load_mmrec(generate_synthetic(bare, tmp_path / "b")).item_meta} == {"Home"}
 
 
 def test_popularity_is_long_tailed(tmp_path: Path) -> None:

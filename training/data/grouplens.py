@@ -13,6 +13,9 @@ Modalities:
     the median year before the flags and the standardisation, exactly as ml-100k-mm's meta_feat.npy.
 ``text`` (384 dims, only with ``text=True``)
     all-MiniLM-L6-v2 sentence embeddings of the titles, unit norm (needs the ``text`` extra).
+
+Display metadata (``item_meta``, written as item_meta.jsonl): per movie its title, release date (as in
+u.item, e.g. "01-Jan-1995") and year, genre names, and IMDb URL; empty fields are left out.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ from training.data.split import mmrec_split
 from training.data.textio import Table, parse_table
 
 N_GENRES = 19
+#: the genre of each flag column of u.item, in order (the fixed contents of MovieLens-100k's u.genre)
+GENRE_NAMES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
+    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+)  # fmt: skip
 FIRST_DECADE, N_DECADES = 1920, 9
 _DATE = re.compile(r"^\d{1,2}-[A-Za-z]{3}-(\d{4})$")
 
@@ -87,6 +95,26 @@ def meta_features(item_rows: list[list[str]], f: Path) -> np.ndarray:
     std = years.std(ddof=1) if n > 1 else 0.0
     year_z = (years - years.mean()) / std if std > 0 else np.zeros(n)
     return np.concatenate([genres, decades, year_z[:, None]], axis=1).astype(np.float32)
+
+
+def display_meta(item_rows: list[list[str]]) -> list[dict]:
+    """The display fields of each u.item row (title, release_date, year, genres, imdb_url); empty ones left out."""
+    records = []
+    for fields in item_rows:
+        rec: dict = {}
+        title, date, video_date, url = (f.strip() for f in fields[1:5])
+        if title:
+            rec["title"] = title
+        if date:
+            rec["release_date"] = date
+            rec["year"] = int(date[-4:])  # meta_features has checked the date's shape
+        if video_date:
+            rec["video_release_date"] = video_date
+        rec["genres"] = [g for g, flag in zip(GENRE_NAMES, fields[5:], strict=True) if flag == "1"]
+        if url:
+            rec["imdb_url"] = url
+        records.append(rec)
+    return records
 
 
 def title_embeddings(titles: list[str], batch_size: int = 256) -> np.ndarray:
@@ -179,4 +207,5 @@ def load_grouplens(path: Path, seed: int = 2024, text: bool = False) -> Interact
         item_ids=[str(i) for i in item_ext.tolist()],
         features=features,
         warnings=warnings,
+        item_meta=display_meta(item_rows),
     )

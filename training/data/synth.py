@@ -32,6 +32,11 @@ Interactions: user u has Gaussian preference vectors over the redundant, unique 
 the score of item i is ``w_r <p_r, r_i> + w_u <p_u, u_i> + w_s <p_s, s_i>`` (each block scaled to unit
 variance) plus ``popularity_weight * popularity_i``; each user draws her items without replacement with
 probability proportional to ``exp(score / temperature)`` (Gumbel top-k). Splits follow MMRec's rule.
+
+Display metadata (item_meta.jsonl): a generated ``title`` ("Quiet Amber Lantern") and a ``category`` per
+item. The category is the item's strongest redundant factor, so items of one category share a taste users
+have, which makes a demo's recommendations look sensible. Names come from their own random stream: they
+never change the features or the interactions of a seed.
 """
 
 from __future__ import annotations
@@ -50,6 +55,21 @@ from training.data.split import mmrec_split
 DEFAULT_MODALITY_NAMES = ("image", "text", "audio")
 DEFAULT_DIMS = (64, 48, 32)
 Preset = Literal["small", "baby", "synergy-heavy", "synergy-sparse"]
+#: word lists of the generated item names (title = adjective colour noun; category = factor's name)
+_ADJECTIVES = (
+    "Quiet", "Bright", "Swift", "Gentle", "Bold", "Tiny", "Grand", "Lucky", "Misty", "Sunny", "Rustic", "Silent",
+    "Golden", "Wild", "Cozy", "Classic", "Clever", "Hidden", "Happy", "Ancient", "Modern", "Brave", "Calm", "Noble",
+)  # fmt: skip
+_COLOURS = ("Amber", "Crimson", "Azure", "Olive", "Ivory", "Coral", "Indigo", "Scarlet", "Jade", "Copper",
+            "Silver", "Violet", "Teal", "Saffron", "Slate", "Rose")  # fmt: skip
+_NOUNS = (
+    "Lantern", "Kettle", "Compass", "Blanket", "Notebook", "Backpack", "Teapot", "Puzzle", "Guitar", "Sneaker",
+    "Umbrella", "Candle", "Mug", "Scarf", "Telescope", "Drone", "Planter", "Clock", "Journal", "Bicycle", "Kite",
+    "Camera", "Pillow", "Toolkit",
+)  # fmt: skip
+_CATEGORIES = ("Home", "Outdoors", "Toys", "Books", "Music", "Sports", "Kitchen", "Garden", "Travel",
+               "Electronics", "Fashion", "Beauty")  # fmt: skip
+_NAME_STREAM = 0x4E414D45  # spawn key of the names' random stream ("NAME")
 _USER_CHUNK = 512  # users scored at once: bounds memory at _USER_CHUNK * n_items floats
 
 
@@ -241,11 +261,28 @@ def _interactions(cfg: SynthConfig, f: dict[str, np.ndarray], rng: np.random.Gen
     return u_arr, i_arr, ts.astype(np.int64)
 
 
+def item_names(cfg: SynthConfig, factors: dict[str, np.ndarray]) -> list[dict]:
+    """Display metadata per item row: a generated title and the category of its strongest redundant factor."""
+    rng = np.random.default_rng([cfg.seed, _NAME_STREAM])
+    n = cfg.n_items
+    words = [rng.integers(0, len(w), n) for w in (_ADJECTIVES, _COLOURS, _NOUNS)]
+    redundant = factors["redundant"]
+    category = redundant.argmax(axis=1) if redundant.shape[1] else np.zeros(n, dtype=np.int64)
+    # More redundant factors than category names: "Home 2", "Outdoors 2", ...
+    names = [_CATEGORIES[k % len(_CATEGORIES)] + (f" {k // len(_CATEGORIES) + 1}" if k >= len(_CATEGORIES) else "")
+             for k in range(max(redundant.shape[1], 1))]  # fmt: skip
+    return [
+        {"title": f"{_ADJECTIVES[a]} {_COLOURS[c]} {_NOUNS[o]}", "category": names[k]}
+        for a, c, o, k in zip(*(w.tolist() for w in words), category.tolist(), strict=True)
+    ]
+
+
 def generate_synthetic(cfg: SynthConfig, out: Path) -> Path:
     """Generate a synthetic catalogue in the MMRec layout under ``out`` (created); returns ``out``.
 
     Writes ``<name>.inter``, ``<modality>_feat.npy``, ``i_id_mapping.csv``, ``u_id_mapping.csv``,
-    ``factors.npz`` (see the module docstring for its keys) and ``synth_config.json``. The same config
+    ``item_meta.jsonl`` (generated titles and categories), ``factors.npz`` (see the module docstring for its
+    keys) and ``synth_config.json``. The same config
     (including seed) always gives byte-identical files.
     """
     out = Path(out)
@@ -259,7 +296,7 @@ def generate_synthetic(cfg: SynthConfig, out: Path) -> Path:
     ds = InteractionDataset(
         name=cfg.name, users=users, items=items, timestamps=ts, splits=splits,
         user_ids=[f"user{u:06d}" for u in range(cfg.n_users)], item_ids=[f"item{i:06d}" for i in range(cfg.n_items)],
-        features=features,
+        features=features, item_meta=item_names(cfg, factors),
     )  # fmt: skip
     write_mmrec(ds, out)
     np.savez(
