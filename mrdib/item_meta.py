@@ -31,7 +31,8 @@ MAX_FIELDS = 32
 MAX_KEY_CHARS = 64
 MAX_STRING_CHARS = 2048
 MAX_LIST_ITEMS = 64
-_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+FIELD_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_\-]*$"  # a field name (also the pattern of the service's `fields`)
+_KEY = re.compile(FIELD_NAME_RE)
 
 MetaValue = Union[str, int, float, bool, None, list[str]]  # noqa: UP007 (a runtime alias, readable in docs)
 MetaRecord = dict[str, MetaValue]

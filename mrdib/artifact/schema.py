@@ -2,7 +2,9 @@
 
 Bump SCHEMA_VERSION whenever a field or file changes meaning; readers refuse any version not in
 READABLE_SCHEMA_VERSIONS rather than guess. History: 1 = first release; 2 adds the optional
-``side_items_merged`` (version 1 manifests, which lack it, stay readable and mean "unknown").
+``side_items_merged`` (version 1 manifests, which lack it, stay readable and mean "unknown"); 3 adds the
+optional item display metadata (``item_meta.jsonl`` and ``item_meta_fields``; versions 1 and 2, which
+lack both, stay readable and mean "no metadata").
 
 Layout of one artifact directory (file names are fixed here, nowhere else)::
 
@@ -18,6 +20,8 @@ Layout of one artifact directory (file names are fixed here, nowhere else)::
     item_tower.onnx        modality features -> item vector (cold-start items)
     index_ip.faiss         inner-product index over item_vectors (recommendations)
     index_cos.faiss        cosine index over normalised item_vectors (similar items)
+    item_meta.jsonl        optional: display fields per item row (title, genres, url, ...), the format of
+                           mrdib/item_meta.py; present exactly when the manifest's item_meta_fields is set
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ import re
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION = 2
-READABLE_SCHEMA_VERSIONS = (1, 2)
+from mrdib.item_meta import ITEM_META_FILE
+
+SCHEMA_VERSION = 3
+READABLE_SCHEMA_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
 
 ITEM_VECTORS = "item_vectors.npy"
@@ -43,6 +49,7 @@ USER_TOWER = "user_tower.onnx"
 ITEM_TOWER = "item_tower.onnx"
 INDEX_IP = "index_ip.faiss"
 INDEX_COS = "index_cos.faiss"
+ITEM_META = ITEM_META_FILE  # optional (see item_meta_fields); the name is the dataset's own, mrdib/item_meta.py
 
 REQUIRED_FILES = (
     ITEM_VECTORS,
@@ -119,6 +126,11 @@ class Manifest(_Strict):
         "on, written by `mrdib retrain`; None when unknown (a plain `mrdib export`). The service serves a side "
         "record of an item the version contains only if the record is newer than what the version merged.",
     )
+    item_meta_fields: list[str] | None = Field(
+        default=None,
+        description="names of the display fields that item_meta.jsonl holds (in at least one item), sorted; "
+        "None when the artifact carries no item metadata (no item_meta.jsonl)",
+    )
     files: dict[str, FileEntry]
 
     @field_validator("schema_version")
@@ -143,3 +155,14 @@ class Manifest(_Strict):
         if missing:
             raise ValueError(f"manifest lists no checksum for {missing}")
         return v
+
+    @model_validator(mode="after")
+    def _item_meta_declared(self) -> Manifest:
+        """item_meta.jsonl is checksummed like every file: a manifest naming fields must list the file, and a
+        listed file must be described (a stray metadata file no reader would check is refused)."""
+        listed = ITEM_META in self.files
+        if self.item_meta_fields is not None and not listed:
+            raise ValueError(f"item_meta_fields is set but the manifest lists no checksum for {ITEM_META}")
+        if listed and self.item_meta_fields is None:
+            raise ValueError(f"{ITEM_META} is listed but item_meta_fields is not set")
+        return self

@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from mrdib.artifact import schema as S
 from mrdib.artifact.schema import ArtifactError, Manifest
+from mrdib.item_meta import ItemMetaError, MetaRecord, read_item_meta
 
 CURRENT = "current"
 
@@ -234,9 +235,26 @@ def _read_csr(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return indptr, indices
 
 
+def read_artifact_meta(path: Path, m: Manifest, item_ids: list[str]) -> list[MetaRecord] | None:
+    """The display fields of every item row (None when the version carries none), checked: one valid record
+    per item row in row order (mrdib/item_meta.py), and exactly the field names the manifest declares."""
+    if m.item_meta_fields is None:
+        return None
+    f = Path(path) / S.ITEM_META
+    try:
+        records = read_item_meta(f, item_ids)
+    except ItemMetaError as e:
+        raise ArtifactError(str(e)) from None
+    found = sorted({k for rec in records for k in rec})
+    if found != sorted(m.item_meta_fields):
+        raise ArtifactError(f"{f}: holds the fields {found}, the manifest declares {m.item_meta_fields}")
+    return records
+
+
 def verify_artifact(path: Path, contents: bool = True) -> Manifest:
     """Check one version directory completely: schema, every file present with its sha256, shapes, and
-    (`contents`) finite vectors whose components add up (`load_artifact` checks the arrays it loads instead).
+    (`contents`) finite vectors whose components add up and item metadata that matches the item rows
+    (`load_artifact` checks the arrays and records it loads instead).
 
     Raises ArtifactError naming the first problem found.
     """
@@ -260,6 +278,7 @@ def verify_artifact(path: Path, contents: bool = True) -> Manifest:
     if contents:
         check_contents(path, _mapped(path / S.USER_VECTORS), _mapped(path / S.ITEM_VECTORS),
                        _mapped(path / S.ITEM_COMPONENTS))
+        read_artifact_meta(path, m, _read_ids(path / S.ITEM_IDS))
     return m
 
 
@@ -312,6 +331,7 @@ class LoadedArtifact:
     item_popularity: np.ndarray
     train_indptr: np.ndarray
     train_indices: np.ndarray
+    item_meta: list[MetaRecord] | None = None  # display fields per item row; None: the version has none
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -332,17 +352,19 @@ def load_artifact(path: Path, verify: bool = True) -> LoadedArtifact:
     if verify:
         check_contents(path, users, items, comps)
     indptr, indices = _read_csr(path / S.TRAIN_CSR)
+    item_ids = _read_ids(path / S.ITEM_IDS)
     return LoadedArtifact(
         path=path,
         manifest=m,
         item_vectors=items,
         user_vectors=users,
         item_components=comps,
-        item_ids=_read_ids(path / S.ITEM_IDS),
+        item_ids=item_ids,
         user_ids=_read_ids(path / S.USER_IDS),
         item_popularity=npy(S.ITEM_POPULARITY),
         train_indptr=indptr,
         train_indices=indices,
+        item_meta=read_artifact_meta(path, m, item_ids),
     )
 
 

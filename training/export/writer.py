@@ -5,7 +5,7 @@
 
 Steps: read the checkpoint (config, dataset reference, metrics, embeddings) and re-load its
 dataset, refusing when the data's fingerprint differs from the one training recorded; write the
-arrays and id maps into a staging directory under the artifacts root; fit, export and check the
+arrays, id maps and item display metadata into a staging directory under the artifacts root; fit, export and check the
 two towers; build and measure the FAISS indexes; hand the staging directory to
 ``mrdib.artifact.store.publish`` (checksums, manifest, atomic rename, flip ``current``, prune).
 A failure anywhere removes the staging directory and leaves ``current`` untouched.
@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mrdib.artifact import schema as S
 from mrdib.artifact import store
 from mrdib.artifact.schema import Manifest
+from mrdib.item_meta import ItemMetaError, write_item_meta
 from training import checkpoint as ckpt
 from training.data.dataset import TEST, TRAIN, InteractionDataset
 
@@ -174,6 +175,18 @@ def write_arrays(staging: Path, ds: InteractionDataset, emb: ckpt.Embeddings) ->
     return components
 
 
+def write_meta(staging: Path, ds: InteractionDataset) -> list[str] | None:
+    """Write the dataset's item display fields (item_meta.jsonl) when it has any; returns the field names
+    for the manifest (`item_meta_fields`), None when the dataset carries no metadata."""
+    if ds.item_meta is None:
+        return None
+    try:
+        write_item_meta(staging / S.ITEM_META, [str(x) for x in ds.item_ids], ds.item_meta)
+    except ItemMetaError as e:
+        raise ExportError(f"item metadata of the dataset: {e}") from None
+    return sorted({k for rec in ds.item_meta for k in rec})
+
+
 def build_user_tower(
     staging: Path, ds: InteractionDataset, emb: ckpt.Embeddings, opts: ExportOptions
 ) -> dict[str, float]:
@@ -299,6 +312,7 @@ def run_export(opts: ExportOptions) -> ExportResult:
     staging = store.staging_dir(opts.out)
     try:
         components = write_arrays(staging, ds, emb)
+        meta_fields = write_meta(staging, ds)
         tower_metrics = build_user_tower(staging, ds, emb, opts)
         tower_metrics |= build_item_tower(staging, ds, emb, opts)
         try:
@@ -326,6 +340,7 @@ def run_export(opts: ExportOptions) -> ExportResult:
             "indexes": {m: b.spec for m, b in built.items()},
             "quality_gate": opts.quality_gate,
             "side_items_merged": opts.side_items_merged,
+            "item_meta_fields": meta_fields,
         }
         manifest = store.publish(staging, fields, opts.out, keep=opts.keep)
     except BaseException:
