@@ -71,6 +71,11 @@ def test_convert_grouplens_then_inspect(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     ds = load_mmrec(tmp_path / "mm")
     assert ds.name == "ml100k" and ds.feature_dims == {"meta": 29}
+    assert ds.item_meta[0]["title"] == "Movie 1 (1928)" and ds.item_meta[0]["genres"] == ["Animation", "Children's",
+                                                                                           "Comedy"]  # fmt: skip
+    assert "title" in result.output  # the display fields are reported
+    shown = runner.invoke(app, ["inspect", str(tmp_path / "mm")], env={"COLUMNS": "200"})
+    assert "how the features were made" in shown.output and "genres" in shown.output and "decade" in shown.output
     direct = runner.invoke(app, ["inspect", str(src), "--json"])  # GroupLens layout, auto-detected
     converted = runner.invoke(app, ["inspect", str(tmp_path / "mm"), "--json"])
     assert json.loads(direct.output)["interactions"] == json.loads(converted.output)["interactions"]

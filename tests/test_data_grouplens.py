@@ -11,7 +11,7 @@ import pytest
 
 from tests._data_helpers import shared_dataset
 from training.data.dataset import TRAIN, DataError
-from training.data.grouplens import load_grouplens, meta_features
+from training.data.grouplens import build_grouplens, load_grouplens
 from training.data.mmrec import load_mmrec, write_mmrec
 from training.data.split import split_counts
 
@@ -62,15 +62,18 @@ def test_tiny_grouplens_load(tmp_path: Path) -> None:
 
 
 def test_missing_date_gets_median_year(tmp_path: Path) -> None:
-    rows = [
-        ["1", "A", "01-Jan-1950", "", "", *GENRES_TOY.split("|")],
-        ["2", "B", "", "", "", *GENRES_TOY.split("|")],
-        ["3", "C", "01-Jan-1990", "", "", *GENRES_TOY.split("|")],
-        ["4", "D", "01-Jan-1994", "", "", *GENRES_TOY.split("|")],
-    ]
-    meta = meta_features(rows, tmp_path / "u.item")
+    d = make_grouplens(tmp_path / "ml")
+    (d / "u.data").write_text("".join(f"{u}\t{i}\t3\t88000000{i}\n" for u in (1, 2) for i in range(1, 5)))
+    rows = [f"1|A|01-Jan-1950||x|{GENRES_TOY}", f"2|B|||x|{GENRES_TOY}", f"3|C|01-Jan-1990||x|{GENRES_TOY}",
+            f"4|D|01-Jan-1994||x|{GENRES_TOY}"]  # fmt: skip
+    (d / "u.item").write_text("\n".join(rows) + "\n", encoding="latin-1")
+    result = build_grouplens(d)
+    meta = result.dataset.features["meta"]
     assert meta[1, 28] == pytest.approx(meta[2, 28])  # median of 1950, 1990, 1994 is 1990
     assert meta[1, 19 + 7] == 1  # 1990s flag
+    assert "year" not in result.dataset.item_meta[1]  # the display fields do not show the filled-in year
+    numeric = result.record.modalities["meta"].blocks[-1]
+    assert (numeric.kind, numeric.columns, numeric.filled, numeric.offset) == ("numeric", ["year"], 1, 28)
 
 
 def test_round_trip_through_mmrec_layout(tmp_path: Path) -> None:
@@ -84,8 +87,8 @@ def test_round_trip_through_mmrec_layout(tmp_path: Path) -> None:
     [
         ("u.data", "1\t1\t5\n", "line 1: expected 4 fields"),
         ("u.data", "1\t1\t5\t880000000\n1\tx\t5\t880000000\n", "line 2: column 'item' is not a number"),
-        ("u.data", "1\t999\t5\t880000000\n", "item 999 is not in u.item"),
-        ("u.data", "99\t1\t5\t880000000\n", "user 99 is not in u.user"),
+        ("u.data", "1\t999\t5\t880000000\n", "line 1, column \"item\": item '999' is not in u.item"),
+        ("u.data", "99\t1\t5\t880000000\n", "line 1, column \"user\": user '99' is not in u.user"),
         ("u.data", "", "empty"),
         ("u.item", "1|A|01-Jan-1995\n", "line 1: expected 24"),
         ("u.item", f"1|A|sometime||x|{GENRES_TOY}\n", "release date 'sometime'"),

