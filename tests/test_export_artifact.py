@@ -115,10 +115,10 @@ def test_verify_cli_accepts_root_version_and_current(exported: dict[str, Path]) 
 
 
 def test_verify_cli_explains_a_folder_that_is_no_artifact(tmp_path: Path) -> None:
-    r = runner.invoke(app, ["artifact", "verify", str(tmp_path)])
-    assert r.exit_code == 1 and "neither an artifact version" in r.output
+    r = runner.invoke(app, ["artifact", "verify", str(tmp_path)])  # a data error: exit 2, like every command
+    assert r.exit_code == 2 and "neither an artifact version" in r.output
     r = runner.invoke(app, ["artifact", "verify", str(tmp_path / "nope")])
-    assert r.exit_code == 1 and "not a directory" in r.output
+    assert r.exit_code == 2 and "not a directory" in r.output
 
 
 def test_verify_does_not_need_torch(exported: dict[str, Path]) -> None:
@@ -180,7 +180,7 @@ def test_reader_refuses_damaged_artifacts(exported: dict[str, Path], tmp_path: P
     with pytest.raises(ArtifactError, match=message):
         store.load_artifact(v)
     r = runner.invoke(app, ["artifact", "verify", str(v)])
-    assert r.exit_code == 1
+    assert r.exit_code == 2
     assert message.split()[0] in r.output
 
 

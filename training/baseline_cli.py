@@ -15,6 +15,8 @@ from typing import Any
 
 import typer
 
+from mrdib.exits import fail
+
 
 class BaselineName(StrEnum):
     pop = "pop"
@@ -44,16 +46,17 @@ def _parse_ks(ks: str) -> tuple[int, ...]:
 
 
 def baseline_cmd(
-    data: Path = typer.Option(..., "--data", help="dataset folder in the MMRec layout"),
+    data: Path = typer.Option(..., "--data", help="dataset folder (MMRec or MovieLens-100k layout)"),
     model: BaselineName = typer.Option(..., "--model", help="pop | itemknn | bpr"),
     seed: int = typer.Option(2024, "--seed", help="seed for BPR initialisation, shuffling and negatives"),
-    out: Path | None = typer.Option(None, "--out", help="write the full report (JSON) here"),
+    out: Path | None = typer.Option(None, "--out", help="write the full report (JSON) here", show_default="none"),
     grid: bool = typer.Option(False, "--grid", help="pick hyper-parameters from the model's VALIDATION grid"),
     ks: str = typer.Option("10,20,50", "--ks", help="cut-offs, comma-separated"),
     device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda"),
     mask_valid_at_test: bool = typer.Option(False, "--mask-valid-at-test", help="also mask valid items at test"),
     k: int = typer.Option(50, "--k", help="itemknn: neighbours per item"),
-    modalities: str | None = typer.Option(None, "--modalities", help="itemknn: comma-separated, default all"),
+    modalities: str | None = typer.Option(
+        None, "--modalities", help="itemknn: comma-separated modalities", show_default="all"),
     combine: str = typer.Option("concat", "--combine", help="itemknn: concat | mean"),
     dim: int = typer.Option(64, "--dim", help="bpr: embedding size"),
     lr: float = typer.Option(1e-3, "--lr", help="bpr: Adam learning rate"),
@@ -62,15 +65,16 @@ def baseline_cmd(
     max_epochs: int = typer.Option(500, "--max-epochs", help="bpr: epoch limit"),
     patience: int = typer.Option(20, "--patience", help="bpr: evaluations without valid improvement"),
     threads: int | None = typer.Option(
-        None, "--threads", help="torch CPU threads; 1 is much faster for small models on a busy machine"
-    ),
+        None, "--threads", help="torch CPU threads; 1 is much faster for small models on a busy machine",
+        show_default="torch's"),
 ) -> None:
     """Fit a reference baseline and print its valid/test metrics (MMRec full-ranking protocol)."""
     from rich.console import Console
     from rich.table import Table
 
     from training.baselines import GRIDS, select_on_validation
-    from training.data.mmrec import load_mmrec
+    from training.data.dataset import DataError
+    from training.data.load import load_dataset
 
     if threads is not None:
         import torch
@@ -90,17 +94,20 @@ def baseline_cmd(
             "max_epochs": max_epochs,
             "patience": patience,
         }
-    dataset = load_mmrec(Path(data))
-    result = select_on_validation(
-        model.value,
-        dataset,
-        grid=GRIDS[model.value] if grid else None,
-        base_params=params,
-        seed=seed,
-        device=device,
-        ks=cut_offs,
-        mask_valid_at_test=mask_valid_at_test,
-    )
+    try:
+        dataset = load_dataset(Path(data))
+        result = select_on_validation(
+            model.value,
+            dataset,
+            grid=GRIDS[model.value] if grid else None,
+            base_params=params,
+            seed=seed,
+            device=device,
+            ks=cut_offs,
+            mask_valid_at_test=mask_valid_at_test,
+        )
+    except DataError as e:
+        raise fail(e) from None
 
     console = Console()
     table = Table(

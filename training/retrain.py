@@ -66,11 +66,13 @@ import structlog
 import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mrdib import exits
 from mrdib.artifact.store import atomic_write_text
 from mrdib.side_items import decode_side, side_item_keys
 from training.data.dataset import TRAIN, VALID, DataError, InteractionDataset
 
-EXIT_OK, EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_UNAVAILABLE, EXIT_LOCKED = 0, 2, 3, 69, 75
+# 0 and 2 are the rule of every command (mrdib/exits.py); the others are retrain's own outcomes.
+EXIT_OK, EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_UNAVAILABLE, EXIT_LOCKED = exits.EXIT_OK, exits.EXIT_USAGE, 3, 69, 75
 
 RETRAIN_DIR = "retrain"
 STATE_FILE = "state.json"
@@ -1016,29 +1018,32 @@ def retrain_command(
                                    help="Artifacts root (holds `current`, the versions and retrain/)."),
     base: Path = typer.Option(Path("/data/dataset"), "--base", envvar="MRDIB_DATASET",
                               help="Base MMRec dataset, used until a run has produced a merged one."),
-    redis_url: str = typer.Option("redis://127.0.0.1:6379/0", "--redis-url", envvar="REDIS_URL"),
+    redis_url: str = typer.Option("redis://127.0.0.1:6379/0", "--redis-url", envvar="REDIS_URL",
+                                  help="Redis holding the event stream and the API-added items."),
     stream: str = typer.Option(DEFAULT_STREAM, "--stream", envvar="MRDIB_STREAM", help="Event stream key."),
     key_prefix: str = typer.Option("", "--key-prefix", envvar="MRDIB_REDIS_KEY_PREFIX",
-                                   help="Prefix of the service's Redis keys (where PUT /items are kept)."),
+                                   help="Prefix of the service's Redis keys (where PUT /items are kept).",
+                                   show_default="none"),
     side_items: bool = typer.Option(True, "--side-items/--no-side-items",
                                     help="Merge the items PUT through the API into the catalogue."),
     tolerance: float = typer.Option(0.01, "--tolerance", envvar="MRDIB_RETRAIN_TOLERANCE",
                                     help="Promote when candidate >= current - tolerance (absolute)."),
     metric: str = typer.Option("recall@20", "--metric", help="Validation metric of the gate."),
     event_types: str = typer.Option("", "--event-types", envvar="MRDIB_RETRAIN_EVENT_TYPES",
-                                    help="Comma-separated event types to learn from (empty = all)."),
+                                    help="Comma-separated event types to learn from.", show_default="all"),
     backbone: str = typer.Option("freedom", "--backbone", envvar="MRDIB_BACKBONE",
                                  help="Backbone when no model is served yet (else the served model's config)."),
     mrdib: bool = typer.Option(True, "--mrdib/--no-mrdib", envvar="MRDIB_PLUGIN",
                                help="MRdIB plug-in when no model is served yet (env: 1/0)."),
     epochs: int | None = typer.Option(None, "--epochs", envvar="MRDIB_RETRAIN_EPOCHS",
-                                      help="Maximum epochs (default: the served model's config)."),
+                                      help="Maximum epochs.", show_default="the served model's config"),
     tower_epochs: int | None = typer.Option(None, "--tower-epochs", envvar="MRDIB_RETRAIN_TOWER_EPOCHS",
-                                            help="Epochs of each export tower fit (default: export's)."),
+                                            help="Epochs of each export tower fit.", show_default="export's"),
     keep: int = typer.Option(5, "--keep", envvar="MRDIB_KEEP_VERSIONS", help="Published versions to keep."),
     work: Path | None = typer.Option(None, "--work", envvar="MRDIB_WORK",
                                      help="Scratch space for the candidate checkpoint (default ROOT/retrain/work)."),
-    device: str = typer.Option("auto", "--device", envvar="MRDIB_DEVICE"),
+    device: str = typer.Option("auto", "--device", envvar="MRDIB_DEVICE",
+                               help="auto (cuda if available), cpu or cuda."),
     warm_start: bool = typer.Option(True, "--warm-start/--cold-start", help="Start from the served model's weights."),
     force: bool = typer.Option(False, "--force", help="Retrain even without new events."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),

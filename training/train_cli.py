@@ -22,7 +22,10 @@ from typing import Any
 
 import typer
 
-DATA_ERROR_EXIT = 2
+from mrdib.exits import fail
+from training.config import TrainConfig
+
+_D = TrainConfig()  # the defaults --help shows (a --config file or --set overrides them)
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
@@ -74,24 +77,46 @@ def build_config(
 
 
 def train_command(
-    data: str | None = typer.Option(None, "--data", help="Dataset folder (MMRec/MovieLens) or synth:<preset>."),
-    backbone: str | None = typer.Option(None, "--backbone", help="bpr, lightgcn, vbpr, freedom, mgcn."),
-    mrdib: bool | None = typer.Option(None, "--mrdib/--no-mrdib", help="Add the MRdIB plug-in (default: config)."),
-    seed: int | None = typer.Option(None, "--seed"),
-    epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs (early stopping may end sooner)."),
-    patience: int | None = typer.Option(None, "--patience", help="Epochs without validation improvement."),
-    batch_size: int | None = typer.Option(None, "--batch-size"),
-    lr: float | None = typer.Option(None, "--lr"),
-    device: str | None = typer.Option(None, "--device", help="auto (cuda if available), cpu or cuda."),
-    amp: bool | None = typer.Option(None, "--amp/--no-amp", help="bf16 autocast on CUDA."),
-    config: Path | None = typer.Option(None, "--config", help="YAML or TOML TrainConfig file."),
-    set_: list[str] | None = typer.Option(None, "--set", help="Dotted override key=value (repeatable)."),
-    resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this checkpoint DIR."),
-    out: Path | None = typer.Option(None, "--out", help="Checkpoint directory to write."),
+    data: str | None = typer.Option(
+        None, "--data", help="REQUIRED (or data: in --config): dataset folder (MMRec layout, e.g. from `mrdib data "
+        "build`, or raw MovieLens-100k) or synth:<preset>.", show_default=False),
+    out: Path | None = typer.Option(
+        None, "--out", help="REQUIRED (or out: in --config; not with --resume): checkpoint directory to write.",
+        show_default=False),
+    backbone: str | None = typer.Option(
+        None, "--backbone", help="bpr, lightgcn, vbpr, freedom or mgcn.", show_default=f"{_D.backbone.name}"),
+    mrdib: bool | None = typer.Option(
+        None, "--mrdib/--no-mrdib", help="Add the MRdIB plug-in.", show_default=f"{_D.mrdib.enabled}"),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Seed of initialisation, negatives and shuffling.", show_default=f"{_D.seed}"),
+    epochs: int | None = typer.Option(
+        None, "--epochs", help="Maximum epochs (early stopping may end sooner).", show_default=f"{_D.epochs}"),
+    patience: int | None = typer.Option(
+        None, "--patience", help="Epochs without validation improvement before stopping.",
+        show_default=f"{_D.patience}"),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Training triples per step.", show_default=f"{_D.batch_size}"),
+    lr: float | None = typer.Option(None, "--lr", help="Adam learning rate.", show_default=f"{_D.lr:g}"),
+    device: str | None = typer.Option(
+        None, "--device", help="auto (cuda if available), cpu or cuda.", show_default=f"{_D.device}"),
+    amp: bool | None = typer.Option(
+        None, "--amp/--no-amp", help="bf16 autocast on CUDA (ignored on CPU).", show_default=f"{_D.amp}"),
+    config: Path | None = typer.Option(
+        None, "--config", help="YAML or TOML TrainConfig file (configs/*.yaml).", show_default="built-in defaults"),
+    set_: list[str] | None = typer.Option(
+        None, "--set", help="Dotted override key=value, e.g. backbone.embedding_dim=32 (repeatable).",
+        show_default="none"),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Continue the run in this checkpoint DIR (its own config; flags still override).",
+        show_default="start afresh"),
     cache_dir: Path = typer.Option(Path("runs/cache"), "--cache-dir", help="Where synth:<preset> data go."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar per epoch."),
 ) -> None:
-    """Train one model to early stop; write metrics.json, metrics.jsonl, curves.png and the checkpoint."""
+    """Train one model to early stop; write metrics.json, metrics.jsonl, curves.png and the checkpoint.
+
+    The defaults shown are the built-in configuration's; a --config file or --set changes them, and a flag
+    given here wins over both. Exit status 2: bad options or data (the message says which).
+    """
     from training.data.dataset import DataError
 
     overrides = parse_overrides(set_)
@@ -124,8 +149,7 @@ def train_command(
         dataset = resolve_dataset(cfg.data, cache_dir)
         result = train(cfg, dataset, Path(out_dir), resume=resume is not None, progress=progress)
     except DataError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(DATA_ERROR_EXIT) from None
+        raise fail(e) from None
     if result.test:
         k = cfg.valid_metric
         typer.echo(
@@ -136,7 +160,8 @@ def train_command(
 
 def experiment_command(
     config: Path = typer.Option(..., "--config", help="Experiment YAML (see configs/experiment-*.yaml)."),
-    only: list[str] | None = typer.Option(None, "--only", help="Run only rows whose label contains this text."),
+    only: list[str] | None = typer.Option(
+        None, "--only", help="Run only rows whose label contains this text (repeatable).", show_default="all rows"),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the runs and exit."),
     report_only: bool = typer.Option(
         False, "--report-only", help="Train nothing: write the results section from the runs finished so far."
@@ -153,11 +178,5 @@ def experiment_command(
     try:
         run_experiment(exp, config_path=config, only=only or [], dry_run=dry_run, report_only=report_only)
     except DataError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(DATA_ERROR_EXIT) from None
+        raise fail(e) from None
 
-
-def register(app: typer.Typer) -> None:
-    """Add `train` and `experiment` to the root `mrdib` app (one line in mrdib/cli.py)."""
-    app.command("train")(train_command)
-    app.command("experiment")(experiment_command)

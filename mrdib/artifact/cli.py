@@ -8,10 +8,10 @@ import typer
 
 from mrdib.artifact import store
 from mrdib.artifact.schema import ArtifactError
+from mrdib.exits import fail
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Inspect and verify model artifacts.")
 
-EXIT_INVALID = 1
 
 
 @app.callback()
@@ -42,9 +42,8 @@ def verify(path: Path = typer.Argument(..., help="A version directory, an artifa
     try:
         target = resolve(path)
         m = store.verify_artifact(target)
-    except ArtifactError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(EXIT_INVALID) from None
+    except ArtifactError as e:  # a wrong folder or a corrupt artifact: a data error, exit 2
+        raise fail(e) from None
     typer.echo(
         f"ok {m.model_version} ({target}): {m.n_users} users, {m.n_items} items, d={m.embedding_dim}, "
         f"{len(m.files)} files verified"

@@ -12,20 +12,21 @@ from pathlib import Path
 
 import typer
 
-EXIT_EXPORT_ERROR = 2
+from mrdib.exits import fail
 
 
 def export(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Training checkpoint directory (`mrdib train --out`)."),
     out: Path = typer.Option(..., "--out", help="Artifacts root; the new version becomes ROOT/current."),
-    data: Path | None = typer.Option(None, "--data", help="Dataset folder; default: the path in dataset.json."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Dataset folder.", show_default="the path in the checkpoint's dataset.json"),
     keep: int = typer.Option(5, "--keep", min=1, help="Published versions to keep (current is never pruned)."),
     index_factory: str | None = typer.Option(
-        None, "--index-factory", help="FAISS factory string (default: Flat up to 200k items, then HNSW32 / IVF-PQ)."
-    ),
+        None, "--index-factory", help="FAISS factory string.",
+        show_default="Flat up to 200k items, then HNSW32 / IVF-PQ"),
     max_history: int = typer.Option(50, "--max-history", min=1, max=1000, help="User tower history length cap."),
     tower_epochs: int = typer.Option(60, "--tower-epochs", min=1, help="Epochs of each tower fit."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the tower fits and of the index training sample."),
 ) -> None:
     """Export a trained checkpoint as a new artifact version (towers, indexes, manifest) and publish it."""
     from mrdib.artifact.schema import ArtifactError
@@ -39,8 +40,7 @@ def export(
     try:
         res = run_export(opts)
     except (ExportError, DataError, ArtifactError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(EXIT_EXPORT_ERROR) from None
+        raise fail(e) from None
     m = res.manifest
     typer.echo(f"published {m.model_version} -> {res.path} ({res.seconds:.1f} s)")
     for name, value in m.tower_metrics.items():
