@@ -6,7 +6,6 @@ Run: ``mrdib serve`` or ``uvicorn --factory service.api:create_app``. See servic
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,14 +16,15 @@ from typing import Literal
 import faiss
 import numpy as np
 import structlog
-from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import recommender
+from service.auth import admin_dep, events_dep, log_access_rules, metrics_dep
 from service.cache import LocalHistory, LocalUserState, RedisUserState, UserStateStore
-from service.events import Event, EventSink
+from service.events import Event, EventSink, RateLimited
 from service.items import ItemLogUnavailable, LocalItemLog, RedisItemLog
 from service.logs import configure_logging
 from service.metrics import Metrics, mark_worker_gone
@@ -33,10 +33,13 @@ from service.model_store import (
     ItemChangeResult,
     ModelStore,
     NoModelError,
-    NonFiniteItemVector,
     ServingModel,
+    UnservableItemVector,
     cancel_quietly,
 )
+from service.openapi import allowed_methods, model_openapi
+from service.ratelimit import retry_after_header
+from service.recommender import UnservableOutput
 from service.redis_link import REDIS_DOWN, RedisLink
 from service.schemas import (
     MAX_K,
@@ -47,6 +50,7 @@ from service.schemas import (
     ItemChanged,
     ItemIn,
     ModelOut,
+    ModelSummary,
     ReadyOut,
     RecommendRequest,
     RecommendResponse,
@@ -105,6 +109,7 @@ class AppContext:
     async def start(self) -> None:
         """Runs on the event-loop thread (lifespan): the place to set what OpenMP keeps per thread."""
         limit_faiss_threads(self.settings.faiss_threads)
+        log_access_rules(self.settings)
         if self.link is not None and await self.link.probe():
             try:  # admin item changes made before this worker started: in the first overlay already
                 await self.store.sync_items()
@@ -164,19 +169,6 @@ async def model_dep(ctx: AppContext = Depends(ctx_dep)) -> ServingModel:
     return current_model(ctx)
 
 
-async def admin_dep(ctx: AppContext = Depends(ctx_dep), authorization: str | None = Header(default=None)) -> None:
-    """Bearer token check, constant-time. No configured token: admin routes are disabled (403)."""
-    token = ctx.settings.admin_token
-    if token is None or not token.get_secret_value():
-        raise HTTPException(403, "admin routes are disabled: set MRDIB_ADMIN_TOKEN to enable them")
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
-        raise HTTPException(401, "admin route: send 'Authorization: Bearer <token>'",
-                            headers={"WWW-Authenticate": "Bearer"})
-    if not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
-        raise HTTPException(403, "invalid admin token")
-
-
 def _errors(**codes: str) -> dict[int | str, dict]:
     """OpenAPI `responses` entries for error statuses, all with the ErrorOut body."""
     return {int(c[1:]): {"model": ErrorOut, "description": d} for c, d in codes.items()}
@@ -185,8 +177,10 @@ def _errors(**codes: str) -> dict[int | str, dict]:
 # Statuses any route may answer (middleware and exception handlers), documented so that the schema is true.
 COMMON_ERRORS = _errors(s400="malformed JSON body or invalid Content-Length", s413="request body too large",
                         s415="body is not application/json", s422="invalid field (the message names it)",
-                        s500="unexpected error (no details leak)", s503="no model loaded yet")
+                        s500="unexpected error (no details leak)",
+                        s503="no model loaded yet, or the served model cannot answer this request (a faulty model)")
 ADMIN_ERRORS = _errors(s401="no bearer token", s403="wrong token, or admin routes disabled")
+TOKEN_ERRORS = _errors(s401="a token is configured for this route and none was sent", s403="wrong token")
 
 
 ITEM_PENDING = {
@@ -213,8 +207,8 @@ def _json(body: dict) -> Response:
     types, so validating them is wasted work: returning a model made FastAPI dump it, validate the dump and
     encode it again, and even `model_construct` of 20 items + `model_dump_json` cost ~3x this (profile in
     docs/BENCHMARKS.md). The bodies are the routes' `response_model` shapes (checked by
-    tests/test_service_api.py against the pydantic models); `allow_nan=False`: a non-finite score is a bug
-    and answers 500, never invalid JSON."""
+    tests/test_service_api.py against the pydantic models). A non-finite score never gets here (the recommender
+    answers 503 first, see recommender.UnservableOutput); `allow_nan=False` keeps invalid JSON out regardless."""
     return Response(json.dumps(body, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode(),
                     media_type="application/json")
 
@@ -251,22 +245,34 @@ def add_routes(app: FastAPI) -> None:
             raise HTTPException(404, f"unknown item id {item_id!r} in model {model.version}") from None
         return _json({"model_version": model.version, "item_id": item_id, "items": _items(items)})
 
-    @app.post("/events", status_code=202, response_model=EventAccepted)
+    @app.post("/events", status_code=202, response_model=EventAccepted, dependencies=[Depends(events_dep)],
+              responses={**TOKEN_ERRORS, **_errors(
+                  s429="too many events for this user (per-user rate limit); retry after `Retry-After` seconds",
+                  s503="neither Redis nor the local WAL could store the event")})
     async def post_event(body: EventIn, ctx: AppContext = Depends(ctx_dep)) -> EventAccepted:
-        """Record an interaction durably (202 only after Redis or the fsync'ed WAL has it)."""
+        """Record an interaction durably (202 only after Redis or the fsync'ed WAL has it).
+
+        Needs `Authorization: Bearer <MRDIB_EVENTS_TOKEN>` when that is set. A retry of an event this user sent
+        before (same `event_id`) is answered 202 with `duplicate: true` and recorded once."""
         event = Event.new(body.user_id, body.item_id, body.type, body.timestamp, body.event_id)
         try:
-            sink = await ctx.events.record(event)
+            done = await ctx.events.record(event)
+        except RateLimited as e:
+            raise HTTPException(429, str(e), headers={"Retry-After": retry_after_header(e.retry_after_s)}) from None
         except OSError as e:
             log.error("event_not_durable", error=str(e), event_id=event.event_id)
             raise HTTPException(503, "event could not be stored durably (Redis and local WAL failed); retry") from e
-        return EventAccepted(event_id=event.event_id, durable_in=sink)
+        return EventAccepted(event_id=event.event_id, durable_in=done.sink, duplicate=done.duplicate)
 
     @app.put("/items/{item_id}", response_model=ItemChanged, dependencies=[Depends(admin_dep)],
              responses={**ADMIN_ERRORS, **ITEM_PENDING})
     async def put_item(body: ItemIn, item_id: str = Path(min_length=1, max_length=256),
                        ctx: AppContext = Depends(ctx_dep), model: ServingModel = Depends(model_dep)) -> JSONResponse:
         """Add or change an item from its modality features; searchable at once (side index).
+
+        `features` holds exactly the served model's modalities, each as long as its dim (named in this schema once
+        a model is loaded); values finite, |x| <= 1e6. 422 when the item tower's output fails the check every
+        loaded vector passes.
 
         200 when shared through Redis; 202 with `pending_sync: true` when Redis is down (see ItemChanged)."""
         dims = model.modality_dims()
@@ -281,7 +287,7 @@ def add_routes(app: FastAPI) -> None:
         feats = {m: np.asarray(v, dtype=np.float32) for m, v in body.features.items()}
         try:
             done = await ctx.store.put_item(item_id, feats)
-        except NonFiniteItemVector as e:
+        except UnservableItemVector as e:
             raise HTTPException(422, f"features: {e}") from None
         except ItemLogUnavailable as e:
             raise HTTPException(503, str(e)) from None
@@ -327,14 +333,24 @@ def add_routes(app: FastAPI) -> None:
                 "redis": redis, "event_backlog": ctx.events.backlog}
         return JSONResponse(body, status_code=200 if model else 503)
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(metrics_dep)],
+             responses=TOKEN_ERRORS)
     async def metrics(ctx: AppContext = Depends(ctx_dep)) -> Response:
         ctx.metrics.event_backlog.set(ctx.events.backlog)
         return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/model", response_model=ModelOut)
-    async def model_info(ctx: AppContext = Depends(ctx_dep), model: ServingModel = Depends(model_dep)) -> dict:
-        """Manifest summary plus the devices really in use."""
+    @app.get("/model", response_model=ModelSummary)
+    async def model_info(model: ServingModel = Depends(model_dep)) -> dict:
+        """The served version: id, sizes and offline metrics (public; details in GET /admin/model)."""
+        m = model.manifest
+        return {"model_version": m.model_version, "created_at": m.created_at.isoformat(), "n_users": m.n_users,
+                "n_items": m.n_items, "side_index_size": len(model.overlay.side_ids),
+                "hidden_items": len(model.overlay.deleted), "metrics": m.metrics}
+
+    @app.get("/admin/model", response_model=ModelOut, dependencies=[Depends(admin_dep)], responses=ADMIN_ERRORS)
+    async def model_details(ctx: AppContext = Depends(ctx_dep), model: ServingModel = Depends(model_dep)) -> dict:
+        """Manifest summary, the devices really in use, and the versions refused with their reasons (which name
+        files under the artifacts root: admin only)."""
         m = model.manifest
         return {
             "model_version": m.model_version, "created_at": m.created_at.isoformat(), "backbone": m.backbone,
@@ -372,8 +388,20 @@ def add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": detail, "errors": msgs[:50]}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
+        headers = exc.headers
+        if exc.status_code == 405:  # every method of the path, not only those of the first route that matched
+            allow = allowed_methods(request.app, request.scope)
+            if request.method == "OPTIONS":
+                return Response(status_code=204, headers={"Allow": allow})
+            headers = {**(headers or {}), "Allow": allow}
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(UnservableOutput)
+    async def on_unservable(request: Request, exc: UnservableOutput) -> JSONResponse:
+        log.error("unservable_output", path=request.url.path, model_version=exc.version, error=str(exc))
+        request.app.state.ctx.metrics.unservable.inc()
+        return JSONResponse({"detail": str(exc)}, status_code=503)
 
     @app.exception_handler(NoModelError)
     async def on_no_model(_: Request, exc: NoModelError) -> JSONResponse:
@@ -390,7 +418,7 @@ def add_error_handlers(app: FastAPI) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. Without `settings` they are read from the environment (uvicorn --factory)."""
     settings = settings or get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.access_log, settings.secret_values())
     ctx = AppContext.build(settings)
 
     @asynccontextmanager
@@ -406,6 +434,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ctx = ctx
     add_routes(app)
     add_error_handlers(app)
+    app.openapi = model_openapi(app, ctx.store)  # type: ignore[method-assign]
     app.add_middleware(RequestGuard, max_body=settings.max_body_bytes)
     app.add_middleware(LatencyMetrics, metrics=ctx.metrics)
     return app

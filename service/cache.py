@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import structlog
 
+from mrdib.artifact.bounds import vector_problem
 from service.redis_link import REDIS_DOWN, RedisLink
 
 log = structlog.get_logger("mrdib.service.cache")
@@ -66,7 +67,9 @@ def encode_state(vector: np.ndarray, recent: list[str]) -> bytes:
 
 
 def decode_state(raw: bytes, dim: int) -> tuple[np.ndarray, list[str]] | None:
-    """Inverse of `encode_state`; None for a value that does not fit `dim` (another model's, or damaged)."""
+    """Inverse of `encode_state`; None for a value that does not fit `dim` (another model's, or damaged) or whose
+    vector could not be served (Redis is shared: a damaged or planted value is a cache miss, recomputed and
+    overwritten, never scores that overflow)."""
     if len(raw) < 4 * dim + 2:
         return None
     try:
@@ -75,7 +78,10 @@ def decode_state(raw: bytes, dim: int) -> tuple[np.ndarray, list[str]] | None:
         return None
     if not isinstance(recent, list):
         return None
-    return np.frombuffer(raw, dtype=np.float32, count=dim), [str(x) for x in recent]
+    vector = np.frombuffer(raw, dtype=np.float32, count=dim)
+    if vector_problem(vector) is not None:
+        return None
+    return vector, [str(x) for x in recent]
 
 
 class LocalHistory:

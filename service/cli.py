@@ -1,7 +1,9 @@
 """`mrdib serve`: start uvicorn over the service app factory.
 
 Flags override the environment by being written into it before uvicorn starts, so that every
-worker process (``--workers N`` re-imports the app) builds the same `Settings`.
+worker process (``--workers N`` re-imports the app) builds the same `Settings`. Secrets (the tokens) are
+never flags: a command line is visible to every user of the machine (`ps`) and kept in shell histories;
+they come from the environment or from files (`MRDIB_ADMIN_TOKEN_FILE`, see SECURITY.md).
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ def serve(
     import structlog
 
     from service.logs import configure_logging, uvicorn_log_config
+    from service.server import uvicorn_options
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.access_log, settings.secret_values())
     if not Path(settings.artifacts).is_dir():
         structlog.get_logger("mrdib.service.cli").warning(
             "artifacts_root_missing", artifacts=str(settings.artifacts),
@@ -45,5 +48,5 @@ def serve(
 
         prepare_multiprocess_dir()
     uvicorn.run("service.api:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level=settings.log_level.lower(), access_log=False,
-                log_config=uvicorn_log_config(settings.log_level))  # uvicorn's own lines as JSON too
+                log_level=settings.log_level.lower(), log_config=uvicorn_log_config(settings.log_level),  # JSON too
+                **uvicorn_options(settings))

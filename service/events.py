@@ -3,16 +3,20 @@
 An accepted event (HTTP 202) is never lost and never duplicated:
 
 * Redis up, no backlog: one Lua script per event (sent together with the other events in flight: see
-  `GroupCommit`), atomically, (1) claims the event id in a dedupe key
-  (SET NX EX) and stops if it was already claimed, (2) XADDs the event to the stream the
-  nightly retraining reads, (3) LPUSH/LTRIMs the user's recent-event list, (4) deletes the
-  user's cached state of EVERY model version (one hash, see cache.py) and bumps the user's event
-  counter, so that a vector computed before the event is not cached after it. The 202 is sent
-  after Redis acknowledged.
+  `GroupCommit`), atomically, (1) looks the event id up among the ids THIS user sent (a sorted set per
+  user, entries older than `MRDIB_DEDUPE_TTL_S` dropped) and stops if it is there -- the answer then
+  says `duplicate: true`; de-duplication is per (user, event id), so no user can claim another user's
+  ids -- (2) takes a token from the user's rate-limit bucket (service/ratelimit.py) and stops, refused,
+  when it is empty, (3) records the id and XADDs the event to the stream the nightly retraining reads,
+  (4) LPUSH/LTRIMs the user's recent-event list, (5) deletes the user's cached state of EVERY model
+  version (one hash, see cache.py) and bumps the user's event counter, so that a vector computed before
+  the event is not cached after it. The 202 is sent after Redis acknowledged.
 * Redis down (or events still waiting in the WAL, to keep the stream in order): the event is
-  appended as one JSON line to the WAL file and fsync'ed before the 202.
+  rate-limited by this process's buckets, appended as one JSON line to the WAL file and fsync'ed before
+  the 202 (`duplicate` is then unknown: null).
 * A background task probes Redis and, once it is back, replays the WAL through the same
-  script (the dedupe key makes a replay after a crash mid-replay harmless), then truncates it.
+  script without the rate limit (the events were accepted already; the per-user id check makes a replay
+  after a crash mid-replay harmless), then truncates it.
   An flock on the file serialises appends and replay across worker processes (service/wal.py, shared
   with the admin item changes of items.py).
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import structlog
@@ -31,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.cache import LocalHistory
 from service.metrics import Metrics
+from service.ratelimit import BUCKET_LUA, LocalBuckets
 from service.redis_link import REDIS_DOWN, RedisLink
 from service.settings import Settings
 from service.wal import WalFile
@@ -39,26 +45,53 @@ log = structlog.get_logger("mrdib.service.events")
 
 EVENT_TYPE_RE = r"^[a-z][a-z0-9_]{0,31}$"
 
-# KEYS: dedupe, stream, history, uvec hash, event counter.
-# ARGV: dedupe_ttl, maxlen ("" = none), cap, history_ttl, item, invalidation channel, user, k1, v1, ...
-_RECORD_LUA = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+# KEYS: the user's event ids (zset), the user's rate bucket, stream, history, uvec hash, event counter.
+# ARGV: event id, dedupe ttl (ms), rate/s ("0" = no limit), burst, maxlen ("" = none), cap, history ttl, item,
+#       invalidation channel, user, k1, v1, ...
+# Returns 1 recorded, 0 duplicate (nothing written), -n refused by the rate limit (next token in n ms).
+_RECORD_LUA = BUCKET_LUA + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+local wait = take_token(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]), now)
+if wait > 0 then return -wait end
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 local fields = {}
-for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
-if ARGV[2] ~= '' then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(fields))
+for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
+if ARGV[5] ~= '' then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', unpack(fields))
 else
-  redis.call('XADD', KEYS[2], '*', unpack(fields))
+  redis.call('XADD', KEYS[3], '*', unpack(fields))
 end
-redis.call('LPUSH', KEYS[3], ARGV[5])
-redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[3]) - 1)
-redis.call('EXPIRE', KEYS[3], ARGV[4])
-redis.call('DEL', KEYS[4])
-redis.call('INCR', KEYS[5])
-redis.call('EXPIRE', KEYS[5], ARGV[4])
-redis.call('PUBLISH', ARGV[6], ARGV[7])
+redis.call('LPUSH', KEYS[4], ARGV[8])
+redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[6]) - 1)
+redis.call('EXPIRE', KEYS[4], ARGV[7])
+redis.call('DEL', KEYS[5])
+redis.call('INCR', KEYS[6])
+redis.call('EXPIRE', KEYS[6], ARGV[7])
+redis.call('PUBLISH', ARGV[9], ARGV[10])
 return 1
 """
+RECORDED, DUPLICATE = 1, 0
+
+
+class RateLimited(Exception):
+    """The user's event bucket is empty: nothing was recorded; retry after `retry_after_s` seconds."""
+
+    def __init__(self, user_id: str, retry_after_s: float):
+        super().__init__(f"too many events for user {user_id!r}; retry in {retry_after_s:.2f} s")
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """Where an accepted event was made durable, and whether it was a retry of one recorded before (None:
+    not known yet, the WAL replay checks it)."""
+
+    sink: str
+    duplicate: bool | None
 
 
 class Event(BaseModel):
@@ -96,14 +129,15 @@ class GroupCommit:
     at replay by their dedupe key, exactly like a single call whose reply was lost.
     """
 
-    def __init__(self, run: Callable[[list[Event]], Awaitable[list[bool]]], max_batch: int):
+    def __init__(self, run: Callable[[list[Event]], Awaitable[list[int]]], max_batch: int):
         self.run = run
         self.max_batch = max_batch
-        self.pending: list[tuple[Event, asyncio.Future[bool]]] = []
+        self.pending: list[tuple[Event, asyncio.Future[int]]] = []
         self.task: asyncio.Task | None = None
 
-    async def submit(self, event: Event) -> bool:
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    async def submit(self, event: Event) -> int:
+        """The script's answer for `event` (RECORDED, DUPLICATE, or -ms when rate-limited)."""
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.pending.append((event, fut))
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._drain(), name="event-group-commit")
@@ -121,9 +155,9 @@ class GroupCommit:
                 if isinstance(e, asyncio.CancelledError):
                     raise
                 continue
-            for (_, fut), fresh in zip(batch, results, strict=True):
+            for (_, fut), code in zip(batch, results, strict=True):
                 if not fut.done():  # a waiter whose request was cancelled no longer listens
-                    fut.set_result(fresh)
+                    fut.set_result(code)
 
 
 class EventSink:
@@ -140,24 +174,22 @@ class EventSink:
         self._lock = asyncio.Lock()  # in-process: appends vs replay
         self._script = link.client.register_script(_RECORD_LUA) if link else None
         self._group = GroupCommit(self._apply_many, settings.event_batch_max)
+        self.buckets = LocalBuckets(settings.event_rate_per_s, settings.event_burst, settings.lru_size)
         self.backlog = self.wal.count() if link else 0
         metrics.event_backlog.set(self.backlog)
 
-    async def record(self, event: Event) -> str:
-        """Make `event` durable; returns the sink ("redis", "wal" or "file"). Raises OSError only when
-        even the local file cannot be written (then the caller must not answer 202)."""
-        self.history.push(event.user_id, event.item_id)
+    async def record(self, event: Event) -> Recorded:
+        """Make `event` durable. Raises RateLimited (nothing recorded) when the user's bucket is empty, and
+        OSError only when even the local file cannot be written (then the caller must not answer 202)."""
         self.forget_local(event.user_id)
         if self.link is None:
+            self._take_local_token(event)
             await asyncio.to_thread(self.wal.append, event.model_dump_json())
-            self.metrics.events.labels(sink="file").inc()
-            return "file"
+            self._accepted(event, "file")
+            return Recorded("file", None)
         if self.link.up and self.backlog == 0:
             try:
-                await self._group.submit(event)
-                self.forget_local(event.user_id)  # a read that raced the write must not stay cached here
-                self.metrics.events.labels(sink="redis").inc()
-                return "redis"
+                return self._answered(event, await self._group.submit(event))
             except REDIS_DOWN as e:
                 self.link.mark_down("record_event", e)
         async with self._lock:
@@ -167,34 +199,57 @@ class EventSink:
             # every earlier event is in the stream, so order is kept.
             if self.link.up and self.backlog == 0:
                 try:
-                    await self._apply(event)
-                    self.forget_local(event.user_id)
-                    self.metrics.events.labels(sink="redis").inc()
-                    return "redis"
+                    return self._answered(event, await self._apply(event))
                 except REDIS_DOWN as e:
                     self.link.mark_down("record_event", e)
+            self._take_local_token(event)
             await asyncio.to_thread(self.wal.append, event.model_dump_json())
             self.backlog += 1
             self.metrics.event_backlog.set(self.backlog)
-        self.metrics.events.labels(sink="wal").inc()
-        return "wal"
+        self._accepted(event, "wal")
+        return Recorded("wal", None)
 
-    def _script_args(self, event: Event) -> tuple[list, list]:
+    def _accepted(self, event: Event, sink: str) -> None:
+        self.history.push(event.user_id, event.item_id)
+        self.metrics.events.labels(sink=sink).inc()
+
+    def _answered(self, event: Event, code: int) -> Recorded:
+        """The outcome of the record script for `event` (see _RECORD_LUA)."""
+        if code < 0:
+            self.metrics.events_refused.labels(reason="rate_limited").inc()
+            raise RateLimited(event.user_id, -code / 1000)
+        self.forget_local(event.user_id)  # a read that raced the write must not stay cached here
+        if code == DUPLICATE:
+            self.metrics.event_duplicates.inc()
+            return Recorded("redis", True)
+        self._accepted(event, "redis")
+        return Recorded("redis", False)
+
+    def _take_local_token(self, event: Event) -> None:
+        """The rate limit while Redis is not in the path (this process's buckets)."""
+        wait = self.buckets.take(event.user_id)
+        if wait:
+            self.metrics.events_refused.labels(reason="rate_limited").inc()
+            raise RateLimited(event.user_id, wait)
+
+    def _script_args(self, event: Event, limit: bool) -> tuple[list, list]:
         assert self.link is not None
-        s, link = self.settings, self.link
-        keys = [link.dedupe_key(event.event_id), link.stream, link.hist_key(event.user_id),
-                link.uvec_key(event.user_id), link.uev_key(event.user_id)]
-        args = [s.dedupe_ttl_s, s.stream_maxlen or "", s.history_cap, s.history_ttl_s, event.item_id,
-                link.inval_channel, event.user_id, *event.fields()]
+        s, link, user = self.settings, self.link, event.user_id
+        keys = [link.dedupe_key(user), link.rate_key(user), link.stream, link.hist_key(user), link.uvec_key(user),
+                link.uev_key(user)]
+        args = [event.event_id, s.dedupe_ttl_s * 1000, s.event_rate_per_s if limit else 0, s.event_burst,
+                s.stream_maxlen or "", s.history_cap, s.history_ttl_s, event.item_id, link.inval_channel, user,
+                *event.fields()]
         return keys, args
 
-    async def _apply(self, event: Event) -> bool:
-        """Run the record script; False when the event id had been recorded before (duplicate)."""
+    async def _apply(self, event: Event, limit: bool = True) -> int:
+        """Run the record script: RECORDED, DUPLICATE, or -ms until the next token (rate-limited, only with
+        `limit`: a WAL replay records events that were accepted already)."""
         assert self._script is not None
-        keys, args = self._script_args(event)
-        return bool(await self._script(keys=keys, args=args))
+        keys, args = self._script_args(event, limit)
+        return int(await self._script(keys=keys, args=args))
 
-    async def _apply_many(self, events: list[Event]) -> list[bool]:
+    async def _apply_many(self, events: list[Event]) -> list[int]:
         """`_apply` for a batch, in order, in one pipelined round trip (no MULTI: each script is atomic)."""
         assert self.link is not None and self._script is not None
         self.metrics.event_batch.observe(len(events))
@@ -202,9 +257,9 @@ class EventSink:
             return [await self._apply(events[0])]
         async with self.link.client.pipeline(transaction=False) as pipe:
             for event in events:
-                keys, args = self._script_args(event)
+                keys, args = self._script_args(event, limit=True)
                 await self._script(keys=keys, args=args, client=pipe)
-            return [bool(r) for r in await pipe.execute()]
+            return [int(r) for r in await pipe.execute()]
 
     async def replay(self) -> int:
         """Push the WAL to Redis; truncate it only after every line went through. Returns lines replayed."""
@@ -224,8 +279,8 @@ class EventSink:
                         self.metrics.replayed.labels(result="bad_line").inc()
                         await asyncio.to_thread(WalFile(self.wal.path.with_suffix(".rejected")).append, line)
                         continue
-                    fresh = await self._apply(event)  # raises REDIS_DOWN -> keep the whole file
-                    self.metrics.replayed.labels(result="applied" if fresh else "duplicate").inc()
+                    code = await self._apply(event, limit=False)  # raises REDIS_DOWN -> keep the whole file
+                    self.metrics.replayed.labels(result="applied" if code == RECORDED else "duplicate").inc()
                     done += 1
                 await asyncio.to_thread(wal.clear)
                 self.backlog = 0

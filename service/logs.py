@@ -10,11 +10,18 @@ that every line the service prints is one JSON object with `event`, `level`, `ti
 the app exists (the supervisor of ``--workers N``) are JSON. Under plain
 ``uvicorn --factory service.api:create_app``, uvicorn's loggers are switched to JSON when the app is
 created (their first lines, before that, are uvicorn's own format).
+
+No secrets in logs: every line, ours and the libraries', passes `redact` last: query parameters with a
+secret-looking name (``token``, ``api_key``, ``authorization``, ...), bearer/basic credentials, and the
+literal values of the configured tokens become ``[REDACTED]``. The per-request access log (uvicorn's,
+which carries the query string) is off unless `MRDIB_ACCESS_LOG` is set, in every worker process.
+Python warnings (numpy's overflow warnings, say) are logged as JSON records too, not printed raw.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any
 
@@ -22,6 +29,52 @@ import structlog
 
 _configured = False
 _UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+ACCESS_LOGGER = "uvicorn.access"
+
+REDACTED = "[REDACTED]"
+# A query (or form) parameter whose name says it holds a secret, up to the end of its value.
+_SECRET_PARAM = re.compile(
+    r"""([?&;][^=&;\s"'#]*?(?:token|secret|passw(?:or)?d|pwd|api[_-]?key|apikey|auth|signature|sig|session|"""
+    r"""credential|private)[^=&;\s"'#]*=)[^&;\s"'#]*""", re.IGNORECASE)
+_CREDENTIAL = re.compile(r"\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+_MIN_SECRET_CHARS = 6  # shorter literal values are not searched for (they would blank out ordinary words)
+_secrets: set[str] = set()
+
+
+def register_secrets(*values: str | None) -> None:
+    """Values (the configured tokens) that must never appear in a log line, whatever carries them."""
+    _secrets.update(v for v in values if v and len(v) >= _MIN_SECRET_CHARS)
+
+
+def redact(text: str) -> str:
+    """`text` with secret query parameters, credentials and the registered secret values replaced."""
+    text = _SECRET_PARAM.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _CREDENTIAL.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+class RedactFilter(logging.Filter):
+    """On uvicorn's loggers: the record's message redacted before any handler formats it, whichever handler
+    that is (uvicorn's own plain-text one included, which a later logging setup may put back)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
+
+
+_REDACT_FILTER = RedactFilter()
+
+
+def _redact_line(_: Any, __: str, line: str) -> str:
+    """The last processor of both chains: works on the rendered line, so nothing is missed (messages,
+    exception text, extra fields)."""
+    return redact(line)
 
 
 def _stdlib_chain() -> list:
@@ -40,7 +93,7 @@ class JsonFormatter(structlog.stdlib.ProcessorFormatter):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                        structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
+                        structlog.processors.format_exc_info, structlog.processors.JSONRenderer(), _redact_line],
             foreign_pre_chain=_stdlib_chain(),
         )
 
@@ -83,12 +136,30 @@ def uvicorn_log_config(level: str = "INFO") -> dict:
     }
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """structlog for our code; JSON for the stdlib root and uvicorn's loggers. Idempotent per process."""
+def configure_logging(level: str = "INFO", access_log: bool = False, secrets: tuple[str | None, ...] = ()) -> None:
+    """structlog for our code; JSON for the stdlib root and uvicorn's loggers; `secrets` registered for redaction.
+    Idempotent per process, except that the access-log choice is applied on every call: uvicorn sets up logging
+    in each worker process after this module may have run, and a later call must not undo the setting."""
     global _configured
-    if _configured:
-        return
-    level = level.upper()
+    register_secrets(*secrets)
+    if not _configured:
+        _configure(level.upper())
+        _configured = True
+    for name in _UVICORN_LOGGERS:
+        lg = logging.getLogger(name)
+        if _REDACT_FILTER not in lg.filters:
+            lg.addFilter(_REDACT_FILTER)
+    access = logging.getLogger(ACCESS_LOGGER)
+    if access_log:
+        if not access.handlers:
+            access.propagate = True  # to the root's JSON handler
+    else:
+        # uvicorn logs a request line only when this logger has a handler, its own or by propagation.
+        access.handlers = []
+        access.propagate = False
+
+
+def _configure(level: str) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -96,6 +167,7 @@ def configure_logging(level: str = "INFO") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
+            _redact_line,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         logger_factory=structlog.PrintLoggerFactory(_STDERR),
@@ -111,4 +183,4 @@ def configure_logging(level: str = "INFO") -> None:
             # uvicorn's own (plain-text) handlers go; ours is the root's, reached by propagation
             lg.handlers = []
             lg.propagate = True
-    _configured = True
+    logging.captureWarnings(True)  # warnings.warn (numpy overflow...) as JSON records of `py.warnings`

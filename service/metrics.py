@@ -72,6 +72,10 @@ class Metrics:
                                    multiprocess_mode="livemax")  # the workers of a host share the WAL file
         self.events = Counter("mrdib_events_total", "accepted events by where they were made durable",
                               ["sink"], registry=r)
+        self.events_refused = Counter("mrdib_events_refused_total", "events refused before recording",
+                                      ["reason"], registry=r)
+        self.event_duplicates = Counter("mrdib_event_duplicates_total", "events answered as retries of an event "
+                                        "the same user sent before (nothing recorded)", registry=r)
         self.replayed = Counter("mrdib_events_replayed_total", "WAL events replayed to Redis", ["result"], registry=r)
         self.redis_up = Gauge("mrdib_redis_up", "1 when Redis answers, 0 when degraded (or not configured)",
                               registry=r, multiprocess_mode="livemin")  # any worker cut off from Redis shows
@@ -84,6 +88,8 @@ class Metrics:
             multiprocess_mode="livemax")
         self.event_batch = Histogram("mrdib_event_batch_size", "events per pipelined Redis round trip (group commit)",
                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024), registry=r)
+        self.unservable = Counter("mrdib_unservable_total", "requests the served model could not answer (a vector "
+                                  "or score beyond the servable bound: a faulty model; answered 503)", registry=r)
         self.reloads = Counter("mrdib_model_reloads_total", "model load attempts", ["result"], registry=r)
         # Labelled children of the per-request series, resolved once: `.labels()` costs a lock and a dict lookup
         # on a tuple key per call, a visible share of a warm request.

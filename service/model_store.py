@@ -33,6 +33,7 @@ import numpy as np
 import structlog
 
 from mrdib.artifact import schema as S
+from mrdib.artifact.bounds import vector_problem
 from mrdib.artifact.schema import ArtifactError, Manifest
 from mrdib.artifact.store import LoadedArtifact, current_version, load_artifact
 from service import heap
@@ -84,8 +85,9 @@ def version_holds(manifest: Manifest, item_id: str, put_at: datetime) -> bool:
     return item_id in merged and put_at <= merged[item_id]
 
 
-class NonFiniteItemVector(ValueError):
-    """The item tower turned the features of a PUT into a vector with NaN or infinity."""
+class UnservableItemVector(ValueError):
+    """The item tower turned the features of a PUT into a vector that cannot be served (NaN, infinity, or a norm
+    beyond `mrdib.artifact.bounds.MAX_VECTOR_NORM`): the check every loaded vector passes."""
 
 
 @dataclass
@@ -262,8 +264,8 @@ class ModelStore:
             vec = model.side_cache.get(key)
             if vec is None:
                 vec = model.item_tower.embed(item.features)
-            if not np.isfinite(vec).all():
-                continue  # checked at PUT time with the then-current tower; another version may still overflow
+            if vector_problem(vec) is not None:
+                continue  # checked at PUT time with the then-current tower; another version's may still overflow
             cache[key] = vec
             ids.append(item_id)
             vecs.append(vec)
@@ -287,16 +289,16 @@ class ModelStore:
     async def put_item(self, item_id: str, features: dict[str, np.ndarray]) -> ItemChangeResult:
         """Make `item_id` searchable with vectors from the item tower (new or changed item).
 
-        Raises NonFiniteItemVector (nothing recorded) when the tower's output is not finite, and
-        items.ItemLogUnavailable when neither Redis nor the local item WAL could record the change."""
+        Raises UnservableItemVector (nothing recorded) when the tower's output fails the check every loaded vector
+        passes, and items.ItemLogUnavailable when neither Redis nor the local item WAL could record the change."""
         async with self._overlay_lock:
             model = self._require()
             vec = await self._cpu(model.item_tower.embed, features)
-            bad = int((~np.isfinite(vec)).sum())
-            if bad:
-                raise NonFiniteItemVector(f"the item tower of model {model.version} turned these features into a "
-                                          f"vector with {bad} of {vec.size} values NaN or infinite; the item was "
-                                          "not indexed (features far outside the training range?)")
+            problem = vector_problem(vec)
+            if problem:
+                raise UnservableItemVector(f"the item tower of model {model.version} turned these features into a "
+                                           f"vector that cannot be served ({problem}); "
+                                           "the item was not indexed (features far outside the training range?)")
             changes = await self.item_log.put(item_id, features)
             await self._apply(model, changes)
             return ItemChangeResult(model, True, changes.pending > 0)

@@ -27,14 +27,38 @@ every other request of the worker.
 from __future__ import annotations
 
 import asyncio
+import math
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from mrdib.artifact.bounds import vector_problem
 from service.cache import UserStateStore
 from service.metrics import Metrics
 from service.model_store import Overlay, ServingModel
+
+
+class UnservableOutput(RuntimeError):
+    """The served model produced a vector or score that cannot be sent (non-finite, or beyond the bound every
+    loaded vector passes). Loading refuses such artifacts; this is the last guard for what only shows per request
+    (the user tower on one particular history): the request gets a clear error, never a 500 or invalid JSON."""
+
+    def __init__(self, version: str, what: str):
+        super().__init__(f"model {version} cannot answer this request: {what}. The model is faulty; the "
+                         "operator should publish another version (logged as unservable_output)")
+        self.version = version
+
+
+def _check_vector(model: ServingModel, vector: np.ndarray) -> None:
+    problem = vector_problem(vector)
+    if problem:
+        raise UnservableOutput(model.version, f"the user tower produced a vector with {problem}")
+
+
+def _check_scores(model: ServingModel, items: list[Scored]) -> None:
+    if not all(math.isfinite(s.score) for s in items):
+        raise UnservableOutput(model.version, "a score is not finite")
 
 
 @dataclass
@@ -84,6 +108,7 @@ def rank(model: ServingModel, overlay: Overlay, vector: np.ndarray | None, histo
     if vector is None:
         assert history is not None and len(history)
         vector = model.user_tower.embed(history)
+        _check_vector(model, vector)
     rows, scores, exact = model.ip.search(vector, k, banned)
     ids = model.artifact.item_ids
     cands = [Scored(ids[r], s) for r, s in zip(rows.tolist(), scores.tolist(), strict=True)]
@@ -93,6 +118,7 @@ def rank(model: ServingModel, overlay: Overlay, vector: np.ndarray | None, histo
                   if i not in banned_side]
         cands.sort(key=lambda c: -c.score)
     top = cands[:k]
+    _check_scores(model, top)
     if explain:
         base_rows = {ids[r]: r for r in rows.tolist()}
         names = model.manifest.components

@@ -74,21 +74,33 @@ class RedisLink:
     def key(self, *parts: str) -> str:
         return self.settings.redis_key_prefix + ":".join(parts)
 
+    def user_key(self, kind: str, user: str) -> str:
+        """The name of every key that holds one user's data (the methods below): one place, so that placing all
+        of a user's keys in one Redis Cluster slot (a hash tag around the user) is one edit. The user id is the
+        last part, so that two users' names can never be the same key."""
+        return self.key(kind, user)
+
     def uvec_key(self, user: str) -> str:
         """Hash of a user's cached state, one field per model version: an event deletes the whole key, so no
         version (old or new, during a roll-out) can serve a vector the event made stale."""
-        return self.key("uvec", user)
+        return self.user_key("uvec", user)
 
     def uev_key(self, user: str) -> str:
         """Counter of a user's accepted events: a vector computed from state read before an event is not cached
         after it (the cache write compares this counter)."""
-        return self.key("uev", user)
+        return self.user_key("uev", user)
 
     def hist_key(self, user: str) -> str:
-        return self.key("hist", user)
+        return self.user_key("hist", user)
 
-    def dedupe_key(self, event_id: str) -> str:
-        return self.key("evt", event_id)
+    def dedupe_key(self, user: str) -> str:
+        """Sorted set of the event ids this user sent (score: when, ms): de-duplication is per (user, event id),
+        so that one user's id can never make another user's event a "duplicate"."""
+        return self.user_key("evt", user)
+
+    def rate_key(self, user: str) -> str:
+        """Hash {tokens, ts} of the user's event rate limit (token bucket, see service/ratelimit.py)."""
+        return self.user_key("rate", user)
 
     @property
     def inval_channel(self) -> str:

@@ -7,7 +7,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, field_validator
 
 from mrdib.artifact.schema import IndexSpec
 from service.events import EVENT_TYPE_RE
@@ -16,11 +16,20 @@ from service.events import EVENT_TYPE_RE
 # the schema fuzzer (tests/test_fault_fuzz.py) then know that "" is not an item id.
 ItemId = Annotated[str, Field(min_length=1, max_length=256)]
 MAX_K = 1000
-FLOAT32_MAX = 3.4028234663852886e38
 
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+def _integral(v: object) -> object:
+    """JSON Schema's `integer` is any number without a fractional part, 553.0 included: take it as 553. Booleans
+    and strings are not numbers and stay refused (by the strict int that follows)."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+# An integer as JSON Schema defines it, strictly: 5 and 5.0 are 5; 5.5, true and "5" are 422.
+Integer = Annotated[StrictInt, BeforeValidator(_integral)]
 
 
 class RecommendRequest(_In):
@@ -28,13 +37,13 @@ class RecommendRequest(_In):
 
     `history` (most recent first) longer than MRDIB_MAX_REQUEST_HISTORY is rejected with 422;
     ids of `history` that the model does not know are ignored and listed in `unknown_items`.
-    Numbers and flags are strict: `"k": true`, `"k": "5"` or `"k": 5.0` are 422, not silently k=1 or 5 (pydantic's
-    lax mode would coerce them, and a client bug would go unnoticed).
+    Numbers and flags are strict: `"k": true`, `"k": "5"` or `"k": 5.5` are 422, not silently k=1 or 5 (pydantic's
+    lax mode would coerce them, and a client bug would go unnoticed); `"k": 5.0` is the integer 5, as in JSON Schema.
     """
 
     user_id: str | None = Field(default=None, min_length=1, max_length=256)
     history: list[ItemId] = Field(default_factory=list)
-    k: StrictInt = Field(default=20, ge=1, le=MAX_K)
+    k: Integer = Field(default=20, ge=1, le=MAX_K)
     exclude_seen: StrictBool = True
     exclude: list[ItemId] = Field(default_factory=list)
     explain: StrictBool = False
@@ -93,24 +102,35 @@ class EventIn(_In):
 class EventAccepted(BaseModel):
     event_id: str
     durable_in: Literal["redis", "wal", "file"]
+    duplicate: bool | None = Field(
+        description="true: this user sent this event_id before (a retry); it was recorded once, nothing new was "
+                    "stored. false: recorded now. null: not known yet (kept in the local WAL or file while Redis is "
+                    "away; a duplicate is dropped when the WAL is replayed)")
+
+
+# Largest |feature value| PUT /items accepts. Features are embeddings and standardised descriptors (the shipped
+# data: |x| < 5; CNN image features: < 100); values far beyond that are a client bug or an attack, and they made
+# the item tower overflow float32 (an item scoring 2.9e36 on top of every list).
+MAX_FEATURE_ABS = 1e6
+FeatureValue = Annotated[StrictFloat, Field(ge=-MAX_FEATURE_ABS, le=MAX_FEATURE_ABS)]
 
 
 class ItemIn(_In):
-    """Modality features of a new or changed item: one list of numbers per manifest modality (strict: `true` or
-    `"1.5"` are 422, not 1.0 and 1.5)."""
+    """Modality features of a new or changed item: one list of numbers per modality of the served model, each
+    exactly that modality's dim long (the served model's modalities and dims are in this schema and in
+    GET /admin/model). Values are finite with |x| <= 1e6 (`MAX_FEATURE_ABS`); strict: `true` or `"1.5"` are 422,
+    not 1.0 and 1.5. The item tower's output must pass the same check as every loaded vector, or the PUT is 422."""
 
-    features: dict[str, list[StrictFloat]]
+    features: dict[str, list[FeatureValue]]
 
-    @field_validator("features")
+    @field_validator("features", mode="before")
     @classmethod
-    def _finite(cls, v: dict[str, list[float]]) -> dict[str, list[float]]:
-        for name, xs in v.items():
-            if not all(math.isfinite(x) for x in xs):
-                raise ValueError(f"features[{name!r}] contains NaN or infinity")
-            # The item tower runs in float32: a larger magnitude would silently become inf there and give the
-            # item a NaN vector that matches nothing.
-            if any(abs(x) > FLOAT32_MAX for x in xs):
-                raise ValueError(f"features[{name!r}] has a value beyond the float32 range (|x| > {FLOAT32_MAX:.3g})")
+    def _finite(cls, v: object) -> object:
+        """NaN and infinity named as such (the range check alone would say "less than or equal to 1e6")."""
+        if isinstance(v, dict):
+            for name, xs in v.items():
+                if isinstance(xs, list) and any(isinstance(x, float) and not math.isfinite(x) for x in xs):
+                    raise ValueError(f"features[{name!r}] contains NaN or infinity")
         return v
 
 
@@ -141,8 +161,20 @@ class ReadyOut(BaseModel):
     event_backlog: int = Field(description="accepted events in the local WAL, not yet in Redis")
 
 
+class ModelSummary(BaseModel):
+    """The served version, as anyone may see it (GET /model): no file paths, devices or refusal reasons."""
+
+    model_version: str
+    created_at: str = Field(description="ISO 8601")
+    n_users: int
+    n_items: int
+    side_index_size: int = Field(description="items added by PUT and not yet in a trained version")
+    hidden_items: int = Field(description="items hidden by DELETE")
+    metrics: dict[str, dict[str, float]] = Field(description="split -> metric -> value, from the export")
+
+
 class ModelOut(BaseModel):
-    """Summary of the served version's manifest, plus what this process really runs it on."""
+    """Summary of the served version's manifest, plus what this process really runs it on (GET /admin/model)."""
 
     model_version: str
     created_at: str = Field(description="ISO 8601")
@@ -161,7 +193,7 @@ class ModelOut(BaseModel):
     gpus_visible_to_faiss: int
     side_index_size: int = Field(description="items added by PUT and not yet in a trained version")
     hidden_items: int = Field(description="items hidden by DELETE")
-    refused_versions: dict[str, str] = Field(description="version -> why it failed verification")
+    refused_versions: dict[str, str] = Field(description="version -> why it failed verification (names files)")
 
 
 class ReloadOut(BaseModel):

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Secrets: each may also be given as a file (`MRDIB_<NAME>_FILE`), never on a command line.
+SECRET_FIELDS = ("admin_token", "events_token", "metrics_token")
 
 
 class Settings(BaseSettings):
     """Service configuration. Defaults suit the embedded demo (no Redis, one process)."""
 
-    model_config = SettingsConfigDict(env_prefix="MRDIB_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a validation error must not print the values it got (they may hold the tokens).
+    model_config = SettingsConfigDict(env_prefix="MRDIB_", extra="ignore", frozen=True, hide_input_in_errors=True)
 
     artifacts: Path = Field(default=Path("artifacts"), description="artifacts root holding `current` and versions")
     redis_url: str | None = Field(
@@ -64,6 +69,20 @@ class Settings(BaseSettings):
     use_gpu: bool = Field(default=True, description="use CUDA EP / faiss-gpu when they are installed and a GPU exists")
 
     admin_token: SecretStr | None = Field(default=None, description="bearer token of admin routes; unset = disabled")
+    admin_token_file: Path | None = Field(
+        default=None, description="file holding the admin token (Docker/Kubernetes secrets); instead of ADMIN_TOKEN")
+    events_token: SecretStr | None = Field(
+        default=None, description="bearer token POST /events requires (the admin token is accepted too); unset = "
+                                  "/events is open, for local use only (a warning is logged at start)")
+    events_token_file: Path | None = Field(default=None, description="file holding the events token")
+    metrics_token: SecretStr | None = Field(
+        default=None, description="bearer token GET /metrics requires (the admin token is accepted too); unset = "
+                                  "/metrics is public (scrape it over a private network)")
+    metrics_token_file: Path | None = Field(default=None, description="file holding the metrics token")
+    event_rate_per_s: float = Field(
+        default=10.0, ge=0, description="events per second each user may send, sustained (token bucket in Redis, "
+                                        "in-process while Redis is down); 0 = no limit")
+    event_burst: int = Field(default=100, ge=1, description="events a user may send at once (the bucket's size)")
     poll_interval_s: float = Field(default=10.0, ge=0, description="period of `current` polling; 0 disables it")
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="larger request bodies get 413")
     max_request_history: int = Field(default=1000, ge=1, description="longer `history` gets 422")
@@ -71,7 +90,43 @@ class Settings(BaseSettings):
     gc_freeze: bool = Field(
         default=True, description="after each model load, collect once and gc.freeze() the survivors so that "
                                   "full GC passes stop stalling requests (see service/heap.py)")
+    max_header_bytes: int = Field(
+        default=32 * 1024, ge=1024, le=1 << 20,
+        description="request line + headers of one request: larger ones get 431 and the connection is closed")
     log_level: str = Field(default="INFO")
+    access_log: bool = Field(
+        default=False, description="one log line per request (uvicorn's access log); secrets in query strings are "
+                                   "redacted either way")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: Any) -> Any:
+        """`X_TOKEN_FILE` names a file holding the secret (mounted Docker/Kubernetes secrets), so that it never
+        has to be in the environment of every process or on a command line. Setting both is an error."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name in SECRET_FIELDS:
+            path = data.get(f"{name}_file")
+            if path is None or str(path) == "":
+                continue
+            var = f"MRDIB_{name.upper()}"
+            if data.get(name) not in (None, ""):
+                raise ValueError(f"set {var} or {var}_FILE, not both")
+            try:
+                secret = Path(path).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as e:
+                raise ValueError(f"{var}_FILE: cannot read {path}: {e}") from None
+            if not secret:
+                raise ValueError(f"{var}_FILE: {path} is empty")
+            data[name] = secret
+        return data
+
+    @field_validator(*SECRET_FIELDS, mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: Any) -> Any:
+        """`MRDIB_ADMIN_TOKEN=` (empty) means no token, not a token that an empty bearer would match."""
+        return None if isinstance(v, str) and not v.strip() else v
 
     @model_validator(mode="after")
     def _distinct_wal_files(self) -> Settings:
@@ -80,6 +135,10 @@ class Settings(BaseSettings):
         if self.item_wal_file.resolve() == self.wal_path.resolve():
             raise ValueError(f"item_wal_path must differ from wal_path ({self.wal_path})")
         return self
+
+    def secret_values(self) -> tuple[str, ...]:
+        """The configured tokens, for log redaction (service/logs.py)."""
+        return tuple(t.get_secret_value() for t in (getattr(self, n) for n in SECRET_FIELDS) if t is not None)
 
     @property
     def item_wal_file(self) -> Path:

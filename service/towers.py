@@ -28,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 import structlog
 
+from mrdib.artifact.bounds import vector_problem
 from mrdib.artifact.schema import ArtifactError
 
 log = structlog.get_logger("mrdib.service.towers")
@@ -116,6 +117,9 @@ class UserTower:
         got = self.embed(np.array([0], dtype=np.int64))
         if got.shape != (dim,):
             raise ArtifactError(f"{self.path}: user tower returns shape {got.shape}, manifest says ({dim},)")
+        problem = vector_problem(got)
+        if problem:
+            raise ArtifactError(f"{self.path}: user tower output for a one-item history cannot be served: {problem}")
 
     @property
     def providers(self) -> list[str]:
@@ -160,6 +164,9 @@ class ItemTower:
         got = self.embed({m: np.zeros(d, np.float32) for m, d in modalities.items()})
         if got.shape != (dim,):
             raise ArtifactError(f"{self.path}: item tower returns shape {got.shape}, manifest says ({dim},)")
+        problem = vector_problem(got)
+        if problem:
+            raise ArtifactError(f"{self.path}: item tower output for all-zero features cannot be served: {problem}")
 
     @property
     def providers(self) -> list[str]:

@@ -110,3 +110,66 @@ class FastPrivateRedis(PrivateRedis):
         self.proc.kill()
         self.proc.wait()
         self.proc = None
+
+
+class ServeProcess:
+    """`mrdib serve` for real: the command line in a subprocess (its own process group) on a free loopback port,
+    with exactly the environment given (no MRDIB_* or REDIS_URL of the caller's), its log in `log`.
+    Entering waits until /readyz answers 200; leaving sends SIGTERM, then SIGKILL to the group if needed."""
+
+    def __init__(self, workdir: Path, env: dict[str, str], workers: int = 2, ready_s: float = 90.0):
+        import sys
+
+        from tests._service_helpers import free_port
+
+        self.port = free_port()
+        self.log = Path(workdir) / "serve.log"
+        self.workdir = Path(workdir)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("MRDIB_") and k != "REDIS_URL"} | env
+        self.cmd = [sys.executable, "-c", "import sys; from mrdib.cli import app; sys.argv[0] = 'mrdib'; app()",
+                    "serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers)]
+        self.ready_s = ready_s
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServeProcess:
+        import contextlib
+        import subprocess
+
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(self.cmd, cwd=self.workdir, env=self.env, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + self.ready_s
+        while True:
+            assert self.proc.poll() is None, f"mrdib serve exited {self.proc.returncode}:\n{self.log_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"mrdib serve not ready:\n{self.log_text()[-3000:]}"
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
+                    return self
+            time.sleep(0.3)
+
+    def log_text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> int | None:
+        import contextlib
+        import signal
+        import subprocess
+
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=30)
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        return self.proc.returncode
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

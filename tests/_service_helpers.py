@@ -239,14 +239,18 @@ def metric_sum(text: str, name: str, label: str) -> float:
 
 
 class ServerThread:
-    """A real uvicorn server on a free loopback port, in a thread of this process."""
+    """A real uvicorn server on a free loopback port, in a thread of this process, run with the options
+    `mrdib serve` uses (service.server.uvicorn_options: the header limit...)."""
 
     def __init__(self, app):
         import uvicorn
 
+        from service.server import uvicorn_options
+
         self.port = free_port()
+        options = uvicorn_options(app.state.ctx.settings)
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    lifespan="on"))
+                                                    lifespan="on", **options))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property

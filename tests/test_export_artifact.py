@@ -145,6 +145,7 @@ def test_verify_does_not_need_torch(exported: dict[str, Path]) -> None:
         ("ids", "ids, manifest says"),
         ("components", "components do not sum to the item vector \\(item row 3"),
         ("nan", "NaN or inf"),
+        ("huge", "above the servable bound"),
     ],
 )
 def test_reader_refuses_damaged_artifacts(exported: dict[str, Path], tmp_path: Path, damage: str, message: str) -> None:
@@ -175,6 +176,11 @@ def test_reader_refuses_damaged_artifacts(exported: dict[str, Path], tmp_path: P
     elif damage == "nan":
         users = np.load(v / S.USER_VECTORS)
         users[1, 2] = np.nan
+        np.save(v / S.USER_VECTORS, users)
+        _reseal(v, S.USER_VECTORS)
+    elif damage == "huge":  # finite, but its scores would overflow float32 (and JSON)
+        users = np.load(v / S.USER_VECTORS)
+        users[1] *= 1e30
         np.save(v / S.USER_VECTORS, users)
         _reseal(v, S.USER_VECTORS)
     with pytest.raises(ArtifactError, match=message):

@@ -75,7 +75,8 @@ def test_health_ready_model_metrics(client, artifact, art):
     assert client.get("/healthz").json() == {"status": "alive"}
     r = client.get("/readyz")
     assert r.status_code == 200 and r.json()["model_version"] == v and r.json()["redis"] == "disabled"
-    m = client.get("/model").json()
+    assert client.get("/model").json()["model_version"] == v
+    m = client.get("/admin/model", headers=AUTH).json()
     assert m["model_version"] == v and m["components"] == art.manifest.components == COMPONENTS
     assert m["onnx_providers"]["user_tower"] == ["CPUExecutionProvider"] and m["faiss_device"] == "cpu"
     client.post("/recommend", json={"user_id": art.user_ids[1]})
@@ -242,7 +243,7 @@ def test_put_and_delete_items(client, art):
         ("post", "/recommend", {"json": {"k": "many"}}, 422, "k"),
         ("post", "/recommend", {"json": {"k": True}}, 422, "k"),  # strict: not k=1
         ("post", "/recommend", {"json": {"k": "5"}}, 422, "k"),
-        ("post", "/recommend", {"json": {"k": 5.0}}, 422, "k"),
+        ("post", "/recommend", {"json": {"k": 5.5}}, 422, "k"),  # 5.0 is the integer 5 (JSON Schema)
         ("post", "/recommend", {"json": {"explain": 1}}, 422, "explain"),
         ("post", "/recommend", {"json": {"exclude_seen": "no"}}, 422, "exclude_seen"),
         ("put", "/items/x", {"json": {"features": {"text": [True] * 8, "image": [0.0] * 6}}, "headers": AUTH},
@@ -323,7 +324,7 @@ def test_put_with_non_finite_tower_output_is_422_and_indexes_nothing(client, mon
     dim = model.manifest.embedding_dim
     monkeypatch.setattr(model.item_tower, "embed", lambda feats: np.full(dim, np.inf, np.float32))
     r = client.put("/items/overflow", json={"features": item_features(4)}, headers=AUTH)
-    assert r.status_code == 422 and "NaN or infinite" in r.json()["detail"] and "features" in r.json()["detail"]
+    assert r.status_code == 422 and "NaN or inf" in r.json()["detail"] and "features" in r.json()["detail"]
     assert client.get("/model").json()["side_index_size"] == 0
     assert client.get("/items/overflow/similar").status_code == 404
 

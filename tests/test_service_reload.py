@@ -67,7 +67,8 @@ def test_reload_poll_and_refusal(tmp_path, build_artifact):
         assert "checksum mismatch" in r.json()["error"] and r.json()["model_version"] == v3
         time.sleep(0.5)  # several poll periods: the poller must not flip to v4 either
         assert http.get("/model").json()["model_version"] == v3
-        assert http.get("/model").json()["refused_versions"].keys() == {v4}
+        assert http.get("/admin/model", headers=AUTH).json()["refused_versions"].keys() == {v4}
+        assert "refused_versions" not in http.get("/model").json()  # reasons name files: admin only
         body = http.post("/recommend", json={"user_id": u1, "k": 3}).json()
         assert body["model_version"] == v3 and len(body["items"]) == 3
         ready = http.get("/readyz")

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api import create_app
-from service.schemas import HealthOut, ItemChanged, ModelOut, ReadyOut
+from service.schemas import HealthOut, ItemChanged, ModelOut, ModelSummary, ReadyOut
 from service.settings import Settings
 from tests._service_helpers import item_features
 
@@ -31,7 +31,8 @@ def test_openapi_documents_health_ready_model_and_pending_item_changes(tmp_path)
     assert _ref(paths["/healthz"]["get"], "200") == "HealthOut"
     assert _ref(paths["/readyz"]["get"], "200") == "ReadyOut"
     assert _ref(paths["/readyz"]["get"], "503") == "ReadyOut"  # not loaded: same body, status no_model
-    assert _ref(paths["/model"]["get"], "200") == "ModelOut"
+    assert _ref(paths["/model"]["get"], "200") == "ModelSummary"
+    assert _ref(paths["/admin/model"]["get"], "200") == "ModelOut"
     for method in ("put", "delete"):
         op = paths["/items/{item_id}"][method]
         assert _ref(op, "200") == _ref(op, "202") == "ItemChanged"
@@ -51,8 +52,10 @@ def test_bodies_match_their_models(client, tmp_path):
     ready = ReadyOut.model_validate_json(client.get("/readyz").content, strict=True)
     assert (ready.status, ready.redis, ready.event_backlog) == ("ready", "disabled", 0)
     body = client.get("/model").json()
+    assert ModelSummary.model_validate(body).model_dump(mode="json") == body  # no field dropped or added
+    body = client.get("/admin/model", headers=AUTH).json()
     model = ModelOut.model_validate(body)
-    assert model.model_dump(mode="json") == body  # no field dropped or added by the model
+    assert model.model_dump(mode="json") == body
     assert set(model.indexes) == {"ip", "cosine"}
     r = client.put("/items/schema-new", json={"features": item_features(1)}, headers=AUTH)
     assert r.status_code == 200

@@ -23,6 +23,7 @@ from tests._service_helpers import item_features
 
 # Variables a developer's shell or CI may have set: each test starts from none of them.
 ENV = ("REDIS_URL", "MRDIB_REDIS_URL", "MRDIB_ARTIFACTS", "MRDIB_USER_VECTOR_TTL_S", "MRDIB_ADMIN_TOKEN",
+       "MRDIB_ADMIN_TOKEN_FILE", "MRDIB_EVENTS_TOKEN", "MRDIB_EVENTS_TOKEN_FILE", "MRDIB_METRICS_TOKEN",
        "MRDIB_CPU_THREADS", "MRDIB_ORT_INTRA_THREADS", "MRDIB_FAISS_THREADS", "MRDIB_POLL_INTERVAL_S",
        "MRDIB_REDIS_POOL_SIZE", "MRDIB_REDIS_POOL_TIMEOUT_S", "MRDIB_ITEM_WAL_PATH", "MRDIB_WAL_PATH")
 
@@ -63,9 +64,39 @@ def test_settings_come_from_the_environment(env, tmp_path):
         app.state.ctx.pool.shutdown()
 
 
+def test_secrets_from_files_and_never_in_errors(env, tmp_path):
+    """Tokens may come from files (Docker/Kubernetes secrets), never need a command line, and a settings error
+    does not print the values it got."""
+    (tmp_path / "admin").write_text("admin-from-file-0123456789\n")
+    (tmp_path / "events").write_text("events-from-file-0123456789")
+    env.setenv("MRDIB_ADMIN_TOKEN_FILE", str(tmp_path / "admin"))
+    env.setenv("MRDIB_EVENTS_TOKEN_FILE", str(tmp_path / "events"))
+    s = Settings()
+    assert s.admin_token.get_secret_value() == "admin-from-file-0123456789"  # the trailing newline goes
+    assert s.events_token.get_secret_value() == "events-from-file-0123456789" and s.metrics_token is None
+    assert set(s.secret_values()) == {"admin-from-file-0123456789", "events-from-file-0123456789"}
+    env.setenv("MRDIB_ADMIN_TOKEN", "also-in-the-environment")
+    with pytest.raises(ValidationError, match="set MRDIB_ADMIN_TOKEN or MRDIB_ADMIN_TOKEN_FILE, not both") as e:
+        Settings()
+    assert "also-in-the-environment" not in str(e.value) and "events-from-file" not in str(e.value)
+    env.delenv("MRDIB_ADMIN_TOKEN")
+    env.setenv("MRDIB_EVENTS_TOKEN_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ValidationError, match="MRDIB_EVENTS_TOKEN_FILE: cannot read"):
+        Settings()
+    (tmp_path / "empty").write_text("\n")
+    env.setenv("MRDIB_EVENTS_TOKEN_FILE", str(tmp_path / "empty"))
+    with pytest.raises(ValidationError, match="is empty"):
+        Settings()
+    env.delenv("MRDIB_EVENTS_TOKEN_FILE")
+    env.setenv("MRDIB_EVENTS_TOKEN", "")  # empty = unset, not a token an empty bearer would match
+    assert Settings().events_token is None
+
+
 def test_defaults_and_alias(env):
     s = Settings()
     assert s.redis_url is None and s.admin_token is None  # embedded demo: no Redis, admin routes off
+    assert s.events_token is None and s.metrics_token is None and not s.access_log
+    assert (s.event_rate_per_s, s.event_burst, s.max_header_bytes) == (10.0, 100, 32 * 1024)
     assert s.item_wal_file == Path("events.wal.items.jsonl")  # beside the event WAL
     env.setenv("MRDIB_REDIS_URL", "redis://127.0.0.1:6379/1")  # the prefixed spelling works too
     assert Settings().redis_url == "redis://127.0.0.1:6379/1"

@@ -38,7 +38,8 @@ def resolve(path: Path) -> Path:
 
 @app.command()
 def verify(path: Path = typer.Argument(..., help="A version directory, an artifacts root, or ROOT/current.")) -> None:
-    """Check one artifact version: manifest schema, every file's sha256 and the array shapes."""
+    """Check one artifact version: manifest schema, every file's sha256, the array shapes, and that every vector
+    can be served (finite, norms within the bound; see mrdib/artifact/bounds.py). Exit code 2 when it is refused."""
     try:
         target = resolve(path)
         m = store.verify_artifact(target)

@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from mrdib.artifact import schema as S
+from mrdib.artifact.bounds import vector_problem
 from mrdib.artifact.schema import ArtifactError, Manifest
 from mrdib.item_meta import ItemMetaError, MetaRecord, read_item_meta
 
@@ -288,21 +289,24 @@ _CHECK_ROWS = 65_536  # rows per chunk: bounds the memory of the content check o
 
 
 def check_contents(path: Path, users: np.ndarray, items: np.ndarray, comps: np.ndarray) -> None:
-    """Vectors are finite and the item components add up to the item vectors.
+    """Vectors can be served (finite, norms within `bounds.MAX_VECTOR_NORM`) and the item components add up to
+    the item vectors.
 
     Checksums only prove the files are the ones the exporter wrote; this catches an exporter (or a
-    hand-assembled artifact) that wrote NaN or an explanation that does not explain the score --
-    the service would otherwise rank with garbage or report shares that sum to something else.
+    hand-assembled artifact) that wrote NaN, vectors so long that scores overflow, or an explanation that
+    does not explain the score -- the service would otherwise rank with garbage, fail every request of
+    such users, or report shares that sum to something else.
     Works on loaded or memory-mapped arrays, in chunks (bounded memory on million-item catalogues).
     """
     for start in range(0, max(len(users), 1), _CHECK_ROWS):
-        if not np.isfinite(users[start : start + _CHECK_ROWS]).all():
-            raise ArtifactError(f"{path / S.USER_VECTORS}: NaN or inf in rows {start}..{start + _CHECK_ROWS - 1}")
+        _servable(path / S.USER_VECTORS, np.asarray(users[start : start + _CHECK_ROWS]), start)
     for start in range(0, items.shape[0], _CHECK_ROWS):
         block = np.asarray(items[start : start + _CHECK_ROWS])
-        if not np.isfinite(block).all():
-            raise ArtifactError(f"{path / S.ITEM_VECTORS}: NaN or inf in rows {start}..{start + len(block) - 1}")
-        total = np.asarray(comps[:, start : start + _CHECK_ROWS]).sum(0, dtype=np.float64)
+        _servable(path / S.ITEM_VECTORS, block, start)
+        parts = np.asarray(comps[:, start : start + _CHECK_ROWS])
+        for c, part in enumerate(parts):
+            _servable(path / S.ITEM_COMPONENTS, part, start, f"component {c}: ")
+        total = parts.sum(0, dtype=np.float64)
         err = np.abs(total - block)
         tol = COMPONENT_SUM_ATOL * max(1.0, float(np.abs(block).max(initial=0.0)))
         if not (err <= tol).all():  # also false for NaN components
@@ -311,6 +315,12 @@ def check_contents(path: Path, users: np.ndarray, items: np.ndarray, comps: np.n
                 f"{path / S.ITEM_COMPONENTS}: components do not sum to the item vector (item row {row}, "
                 f"largest difference {np.nanmax(err):.3g}, tolerance {tol:.3g})"
             )
+
+
+def _servable(file: Path, rows: np.ndarray, start: int, what: str = "") -> None:
+    problem = vector_problem(rows, start) if len(rows) else None
+    if problem:
+        raise ArtifactError(f"{file}: {what}{problem}")
 
 
 def _mapped(path: Path) -> np.ndarray:
