@@ -299,3 +299,31 @@ def test_a_built_catalogue_trains(cat: Catalogue, tmp_path: Path) -> None:
                                   "--epochs", "1", "--out", str(tmp_path / "run"), *fast])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "run" / "dataset.json").read_text())["modalities"] == {"image": 6, "meta": 9}
+
+
+def test_a_rebuild_replaces_the_earlier_build_and_a_foreign_folder_is_refused(cat: Catalogue) -> None:
+    assert build(cat, *FEATURES).exit_code == 0
+    assert (cat.folder / "out" / "image_feat.npy").is_file()
+    again = build(cat, "--multi", "tags")  # fewer modalities: the old image_feat.npy must not survive
+    assert again.exit_code == 0, again.output
+    assert load_mmrec(cat.folder / "out").feature_dims == {"meta": 5}
+    (cat.folder / "mine").mkdir()
+    (cat.folder / "mine" / "notes.txt").write_text("keep me")
+    refused = build(cat, "--multi", "tags", out="mine")
+    assert refused.exit_code == 2 and "not empty and holds no earlier build" in refused.output
+    assert (cat.folder / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_a_model_that_fails_on_the_images_is_a_data_error(cat: Catalogue, tmp_path: Path) -> None:
+    """An ONNX model whose input is not float images (here uint8) fails when run: exit 2 naming the model."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Cast", ["pixels"], ["features"], to=TensorProto.FLOAT)
+    inp = helper.make_tensor_value_info("pixels", TensorProto.UINT8, [None, 3, 8, 8])
+    out = helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, 3, 8, 8])
+    graph = helper.make_graph([node], "g", [inp], [out])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), cat.folder / "model.onnx")
+    result = build(cat, *FEATURES)
+    assert result.exit_code == 2, result.output
+    assert "model.onnx: running the model on a batch" in result.output and "Traceback" not in result.output

@@ -38,7 +38,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mrdib.artifact.store import sha256_file
-from mrdib.item_meta import MAX_FIELDS, MAX_KEY_CHARS, MAX_LIST_ITEMS, MAX_STRING_CHARS, MetaRecord
+from mrdib.item_meta import ITEM_META_FILE, MAX_FIELDS, MAX_KEY_CHARS, MAX_LIST_ITEMS, MAX_STRING_CHARS, MetaRecord
 from training.data.dataset import DataError, InteractionDataset
 from training.data.encoders import (
     FeatureBlock,
@@ -50,6 +50,7 @@ from training.data.encoders import (
     encode_text,
     split_values,
 )
+from training.data.mmrec import FEATURE_SUFFIX, ITEM_MAPPING, USER_MAPPING, write_mmrec
 from training.data.split import mmrec_split
 from training.data.tables import RawTable, read_table
 
@@ -470,11 +471,33 @@ def _package_version() -> str | None:
         return None
 
 
-def write_build(result: BuildResult, out: Path) -> Path:
-    """Write the MMRec layout, item_meta.jsonl and build_record.json under ``out``."""
-    from training.data.mmrec import write_mmrec
+def _clear_previous_build(out: Path) -> None:
+    """Make ``out`` ready for a build: new or empty, or holding an earlier build (whose files are removed).
 
+    Why: the loader takes every ``*_feat.npy`` of a folder as a modality, so a rebuild with fewer modalities
+    over an old one would silently train on the stale file. A folder with other content is refused, not emptied.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder")
+    entries = list(out.iterdir())
+    if not entries:
+        return
+    if not (out / BUILD_RECORD_FILE).is_file():
+        raise DataError(f"{out}: folder is not empty and holds no earlier build ({BUILD_RECORD_FILE}); "
+                        "choose a new or empty folder")  # fmt: skip
+    ours = {BUILD_RECORD_FILE, ITEM_MAPPING, USER_MAPPING, ITEM_META_FILE}
+    for f in entries:
+        if f.is_file() and (f.name in ours or f.name.endswith((".inter", FEATURE_SUFFIX))):
+            f.unlink()
+
+
+def write_build(result: BuildResult, out: Path) -> Path:
+    """Write the MMRec layout, item_meta.jsonl and build_record.json under ``out`` (new, empty or an earlier build).
+    """
     out = Path(out)
+    _clear_previous_build(out)
     write_mmrec(result.dataset, out, ratings=result.ratings)
     (out / BUILD_RECORD_FILE).write_text(result.record.model_dump_json(indent=2) + "\n", encoding="utf-8")
     return out

@@ -72,7 +72,11 @@ class OnnxImageExtractor:
         self.output_name = self.session.get_outputs()[0].name
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        y = np.asarray(self.session.run([self.output_name], {self.input_name: batch})[0], dtype=np.float32)
+        try:
+            y = np.asarray(self.session.run([self.output_name], {self.input_name: batch})[0], dtype=np.float32)
+        except Exception as e:  # onnxruntime's errors are untyped: a wrong input type or size, an unsupported op
+            raise DataError(f"{self.path}: running the model on a batch {list(batch.shape)} failed: "
+                            f"{str(e).splitlines()[0][:300]}") from None  # fmt: skip
         if y.ndim == 4:  # a feature map: global average pool
             y = y.mean(axis=(2, 3))
         if y.ndim != 2 or y.shape[0] != batch.shape[0]:
