@@ -21,7 +21,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service import recommender
+from mrdib.item_meta import select_fields
+from service import meta, recommender
 from service.auth import admin_dep, events_dep, log_access_rules, metrics_dep
 from service.cache import LocalHistory, LocalUserState, RedisUserState, UserStateStore
 from service.events import Event, EventSink, RateLimited
@@ -31,11 +32,13 @@ from service.metrics import Metrics, mark_worker_gone
 from service.middleware import LatencyMetrics, RequestGuard
 from service.model_store import (
     ItemChangeResult,
+    ModelRequired,
     ModelStore,
     NoModelError,
     ServingModel,
     UnservableItemVector,
     cancel_quietly,
+    no_model_reason,
 )
 from service.openapi import allowed_methods, model_openapi
 from service.ratelimit import retry_after_header
@@ -84,6 +87,7 @@ class AppContext:
     link: RedisLink | None
     pool: ThreadPoolExecutor
     tasks: list[asyncio.Task] = field(default_factory=list)
+    start_error: str | None = None  # why start() refused to serve (require_model and no valid model)
 
     @classmethod
     def build(cls, settings: Settings) -> AppContext:
@@ -118,6 +122,9 @@ class AppContext:
         result = await self.store.refresh()
         if self.store.current is None:
             log.warning("no_model", status=result.status, error=result.error, artifacts=str(self.settings.artifacts))
+            if self.settings.require_model:
+                self.start_error = no_model_reason(self.settings.artifacts, result)
+                raise ModelRequired(self.start_error)
         else:
             m = self.store.current
             log.info("serving", model_version=m.version, onnx_providers=m.providers, faiss_device=m.faiss_device,
@@ -198,8 +205,25 @@ def _item_changed(done: ItemChangeResult, item_id: str, status: Literal["indexed
 
 
 def _items(items: list[recommender.Scored]) -> list[dict]:
-    return [{"item_id": s.item_id, "score": s.score} if s.explain is None
-            else {"item_id": s.item_id, "score": s.score, "explain": s.explain} for s in items]
+    return [{"item_id": s.item_id, "score": s.score} if s.explain is None and s.because is None
+            else _explained(s) for s in items]
+
+
+def _explained(s: recommender.Scored) -> dict:
+    out: dict = {"item_id": s.item_id, "score": s.score}
+    if s.explain is not None:
+        out["explain"] = s.explain
+    if s.because is not None:
+        out["because"] = [{"item_id": i, "share": share} for i, share in s.because]
+    return out
+
+
+def _fields(model: ServingModel, fields: list[str]) -> None:
+    """422 for display fields no item of the served version has (see service/meta.py)."""
+    try:
+        meta.check_fields(model, fields)
+    except meta.FieldsError as e:
+        raise HTTPException(422, str(e)) from None
 
 
 def _json(body: dict) -> Response:
@@ -227,23 +251,45 @@ def add_routes(app: FastAPI) -> None:
                                      f"{ctx.settings.max_request_history} are accepted")
         if len(body.exclude) > ctx.settings.max_exclude:
             raise HTTPException(422, f"exclude has {len(body.exclude)} items; at most {ctx.settings.max_exclude}")
+        if body.fields:
+            _fields(model, body.fields)
         q = recommender.Query(body.user_id, body.history, body.k, body.exclude_seen, body.exclude, body.explain)
         r = await recommender.recommend(q, model, ctx.state, ctx.pool, ctx.metrics,
                                         ctx.settings.inline_search_max_items)
-        return _json({"model_version": r.model_version, "items": _items(r.items), "source": r.source,
+        items = _items(r.items)
+        if body.fields:
+            meta.add_meta(items, model, model.overlay, body.fields)
+        return _json({"model_version": r.model_version, "items": items, "source": r.source,
                       "cached": r.cached, "unknown_items": r.unknown_items})
 
     @app.get("/items/{item_id}/similar", response_model=SimilarResponse, response_model_exclude_none=True,
              responses=_errors(s404="unknown or deleted item id"))
     async def similar_items(item_id: str = Path(min_length=1, max_length=256),
-                            k: int = Query(default=20, ge=1, le=MAX_K), ctx: AppContext = Depends(ctx_dep),
+                            k: int = Query(default=20, ge=1, le=MAX_K),
+                            fields: str | None = Query(
+                                default=None, max_length=2048,
+                                description="comma-separated display fields to return per item as `meta`, "
+                                            "e.g. `title,genres` (GET /model lists them: `item_meta_fields`)"),
+                            ctx: AppContext = Depends(ctx_dep),
                             model: ServingModel = Depends(model_dep)) -> Response:
-        """Nearest items by cosine of item vectors, the item itself excluded."""
+        """Nearest items by cosine of item vectors, the item itself excluded; `score` is the cosine."""
         try:
-            items = await recommender.similar(model, item_id, k, ctx.pool, ctx.settings.inline_search_max_items)
+            names = meta.parse_fields(fields)
+        except meta.FieldsError as e:
+            raise HTTPException(422, str(e)) from None
+        if names:
+            _fields(model, names)
+        overlay = model.overlay
+        try:
+            found = await recommender.similar(model, item_id, k, ctx.pool, ctx.settings.inline_search_max_items)
         except KeyError:
             raise HTTPException(404, f"unknown item id {item_id!r} in model {model.version}") from None
-        return _json({"model_version": model.version, "item_id": item_id, "items": _items(items)})
+        items = _items(found)
+        body: dict = {"model_version": model.version, "item_id": item_id, "items": items}
+        if names:
+            meta.add_meta(items, model, overlay, names)
+            body["meta"] = select_fields(model.item_meta(overlay, item_id), names)
+        return _json(body)
 
     @app.post("/events", status_code=202, response_model=EventAccepted, dependencies=[Depends(events_dep)],
               responses={**TOKEN_ERRORS, **_errors(
@@ -286,7 +332,7 @@ def add_routes(app: FastAPI) -> None:
                 f"{m} has {got}, expected {want}" for m, (got, want) in sorted(wrong.items())))
         feats = {m: np.asarray(v, dtype=np.float32) for m, v in body.features.items()}
         try:
-            done = await ctx.store.put_item(item_id, feats)
+            done = await ctx.store.put_item(item_id, feats, body.meta)
         except UnservableItemVector as e:
             raise HTTPException(422, f"features: {e}") from None
         except ItemLogUnavailable as e:
@@ -345,7 +391,8 @@ def add_routes(app: FastAPI) -> None:
         m = model.manifest
         return {"model_version": m.model_version, "created_at": m.created_at.isoformat(), "n_users": m.n_users,
                 "n_items": m.n_items, "side_index_size": len(model.overlay.side_ids),
-                "hidden_items": len(model.overlay.deleted), "metrics": m.metrics}
+                "hidden_items": len(model.overlay.deleted), "metrics": m.metrics, "components": m.components,
+                "item_meta_fields": sorted(model.overlay.meta_fields)}
 
     @app.get("/admin/model", response_model=ModelOut, dependencies=[Depends(admin_dep)], responses=ADMIN_ERRORS)
     async def model_details(ctx: AppContext = Depends(ctx_dep), model: ServingModel = Depends(model_dep)) -> dict:
@@ -356,7 +403,8 @@ def add_routes(app: FastAPI) -> None:
             "model_version": m.model_version, "created_at": m.created_at.isoformat(), "backbone": m.backbone,
             "mrdib": m.mrdib is not None, "modalities": {x.name: x.dim for x in m.modalities},
             "embedding_dim": m.embedding_dim, "n_users": m.n_users, "n_items": m.n_items,
-            "max_history": m.max_history, "components": m.components, "metrics": m.metrics,
+            "max_history": m.max_history, "components": m.components,
+            "item_meta_fields": sorted(model.overlay.meta_fields), "metrics": m.metrics,
             "indexes": {k: v.model_dump() for k, v in m.indexes.items()},
             "onnx_providers": {"user_tower": model.user_tower.providers, "item_tower": model.item_tower.providers},
             "faiss_device": model.faiss_device, "gpus_visible_to_faiss": ctx.store.gpu_count(),
@@ -423,7 +471,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await ctx.start()
+        try:
+            await ctx.start()
+        except BaseException:  # e.g. ModelRequired: the server does not start; release what start() opened
+            await ctx.stop()
+            raise
         try:
             yield
         finally:

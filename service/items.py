@@ -4,7 +4,7 @@ With ``--workers N`` each worker is its own process with its own overlay; a chan
 the worker that received it would be visible to 1/N of the requests. So with Redis configured the
 change log IS Redis:
 
-* ``items:side``    hash   item id -> JSON ``{"features": {modality: [floats]}, "put_at": ISO time}``
+* ``items:side``    hash   item id -> JSON ``{"features": {modality: [floats]}, "put_at": ISO time, "meta"?: {...}}``
   (the record's format: mrdib/side_items.py, shared with `mrdib retrain`, which merges these items)
 * ``items:deleted`` set    ids hidden from every result
 * ``items:ver``     counter incremented by every change (one Lua script per change: atomic)
@@ -45,6 +45,7 @@ from typing import Literal
 import numpy as np
 import structlog
 
+from mrdib.item_meta import MetaRecord
 from mrdib.side_items import SideItem, decode_side, encode_side
 from service.redis_link import REDIS_DOWN, RedisLink
 from service.wal import WalFile
@@ -91,7 +92,8 @@ class ItemChanges:
 class ItemChangeLog:
     """Interface: record a change (returns the resulting snapshot) and tell whether there is a newer one."""
 
-    async def put(self, item_id: str, features: Mapping[str, np.ndarray]) -> ItemChanges:
+    async def put(self, item_id: str, features: Mapping[str, np.ndarray], meta: MetaRecord | None = None
+                  ) -> ItemChanges:
         raise NotImplementedError
 
     async def delete(self, item_id: str) -> tuple[ItemChanges, bool]:
@@ -109,9 +111,10 @@ class LocalItemLog(ItemChangeLog):
     def __init__(self) -> None:
         self._state = ItemChanges()
 
-    async def put(self, item_id: str, features: Mapping[str, np.ndarray]) -> ItemChanges:
+    async def put(self, item_id: str, features: Mapping[str, np.ndarray], meta: MetaRecord | None = None
+                  ) -> ItemChanges:
         s = self._state
-        side = {**s.side, item_id: SideItem(dict(features), datetime.now(UTC))}
+        side = {**s.side, item_id: SideItem(dict(features), datetime.now(UTC), meta)}
         self._state = ItemChanges(side, s.deleted - {item_id}, s.version + 1)
         return self._state
 
@@ -194,8 +197,9 @@ class RedisItemLog(ItemChangeLog):
 
     # --- recording a change ----------------------------------------------------------------------
 
-    async def put(self, item_id: str, features: Mapping[str, np.ndarray]) -> ItemChanges:
-        changes, _ = await self._record(PendingChange.put(item_id, SideItem(dict(features), datetime.now(UTC))))
+    async def put(self, item_id: str, features: Mapping[str, np.ndarray], meta: MetaRecord | None = None
+                  ) -> ItemChanges:
+        changes, _ = await self._record(PendingChange.put(item_id, SideItem(dict(features), datetime.now(UTC), meta)))
         return changes
 
     async def delete(self, item_id: str) -> tuple[ItemChanges, bool]:

@@ -36,6 +36,7 @@ from mrdib.artifact import schema as S
 from mrdib.artifact.bounds import vector_problem
 from mrdib.artifact.schema import ArtifactError, Manifest
 from mrdib.artifact.store import LoadedArtifact, current_version, load_artifact
+from mrdib.item_meta import MetaRecord
 from service import heap
 from service.index import VectorIndex, gpu_count
 from service.items import ItemChangeLog, ItemChanges, LocalItemLog
@@ -59,13 +60,18 @@ class Overlay:
     deleted: frozenset[str] = frozenset()
     side_unit: np.ndarray = field(default_factory=lambda: np.empty((0, 0), np.float32))  # L2-normalised rows
     side_pos: dict[str, int] = field(default_factory=dict)  # side id -> row of side_vectors
+    side_meta: dict[str, MetaRecord] = field(default_factory=dict)  # display fields a PUT carried, by id
+    meta_fields: frozenset[str] = frozenset()  # display fields any item has: the version's and the PUTs'
 
     @staticmethod
     def build(side_ids: tuple[str, ...], side_vectors: np.ndarray, hidden_rows: np.ndarray,
-              deleted: frozenset[str]) -> Overlay:
+              deleted: frozenset[str], side_meta: dict[str, MetaRecord] | None = None,
+              base_fields: frozenset[str] = frozenset()) -> Overlay:
         unit = side_vectors / np.maximum(np.linalg.norm(side_vectors, axis=1, keepdims=True), 1e-12)
+        side_meta = side_meta or {}
+        fields = base_fields.union(*(rec.keys() for rec in side_meta.values()))
         return Overlay(side_ids, side_vectors, hidden_rows, deleted, unit.astype(np.float32),
-                       {i: n for n, i in enumerate(side_ids)})
+                       {i: n for n, i in enumerate(side_ids)}, side_meta, frozenset(fields))
 
     def side_norm(self) -> np.ndarray:
         return self.side_unit
@@ -102,6 +108,7 @@ class ServingModel:
     item_row: dict[str, int]
     user_row: dict[str, int]
     popular_rows: np.ndarray
+    popular_share: np.ndarray  # per item row: its share of all training interactions (the popular fallback's score)
     overlay: Overlay = field(default_factory=Overlay)
     # (item id, put time) -> this version's embedding of a side item: a change re-embeds only what changed.
     side_cache: dict[tuple[str, object], np.ndarray] = field(default_factory=dict)
@@ -124,6 +131,19 @@ class ServingModel:
 
     def modality_dims(self) -> dict[str, int]:
         return {m.name: m.dim for m in self.manifest.modalities}
+
+    def meta_fields(self) -> frozenset[str]:
+        """Display fields of this version's catalogue (what `fields` may name, with those of PUT items)."""
+        return frozenset(self.manifest.item_meta_fields or ())
+
+    def item_meta(self, overlay: Overlay, item_id: str) -> MetaRecord:
+        """Display fields of one item as `overlay` sees it: those its PUT carried, else the catalogue's, else {}."""
+        side = overlay.side_meta.get(item_id)
+        if side is not None:
+            return side
+        records = self.artifact.item_meta
+        row = self.item_row.get(item_id) if records is not None else None
+        return records[row] if row is not None else {}
 
     def rows_of(self, ids: list[str]) -> tuple[list[int], list[str]]:
         """Catalogue rows of `ids` (order kept) and the ids that are not in the catalogue."""
@@ -149,10 +169,11 @@ def load_serving_model(path: Path, settings: Settings) -> ServingModel:
             raise ArtifactError(f"{path / S.MANIFEST}: no {key!r} index listed")
         indexes[key] = VectorIndex.load(art.path, key, m, art.item_vectors, use_gpu)
     popular = np.argsort(-art.item_popularity, kind="stable").astype(np.int64)
+    share = art.item_popularity / max(1, int(art.item_popularity.sum()))
     return ServingModel(
         artifact=art, user_tower=user_tower, item_tower=item_tower, ip=indexes["ip"], cos=indexes["cosine"],
         item_row={i: r for r, i in enumerate(art.item_ids)}, user_row={u: r for r, u in enumerate(art.user_ids)},
-        popular_rows=popular,
+        popular_rows=popular, popular_share=share,
     )
 
 
@@ -255,7 +276,7 @@ class ModelStore:
     @staticmethod
     def _build_overlay(model: ServingModel, changes: ItemChanges) -> Overlay:
         """Overlay of `changes` for `model`; blocking (runs the item tower for side items not embedded yet)."""
-        ids, vecs, cache = [], [], {}
+        ids, vecs, cache, metas = [], [], {}, {}
         for item_id in sorted(changes.side):
             item = changes.side[item_id]
             if item_id in model.item_row and version_holds(model.manifest, item_id, item.put_at):
@@ -269,12 +290,15 @@ class ModelStore:
             cache[key] = vec
             ids.append(item_id)
             vecs.append(vec)
+            if item.meta is not None:
+                metas[item_id] = item.meta
         model.side_cache.clear()
         model.side_cache.update(cache)
         side = (np.stack(vecs).astype(np.float32) if vecs
                 else np.empty((0, model.manifest.embedding_dim), np.float32))
         hidden = {model.item_row[i] for i in (*ids, *changes.deleted) if i in model.item_row}
-        return Overlay.build(tuple(ids), side, np.array(sorted(hidden), dtype=np.int64), frozenset(changes.deleted))
+        return Overlay.build(tuple(ids), side, np.array(sorted(hidden), dtype=np.int64), frozenset(changes.deleted),
+                             metas, model.meta_fields())
 
     async def _cpu(self, fn: Callable[..., T], *args: object) -> T:
         """Run blocking CPU work (item tower, overlay build) in the app's bounded pool."""
@@ -286,8 +310,10 @@ class ModelStore:
         self.changes = changes
         self.metrics.index_size.labels(index="side").set(len(model.overlay.side_ids))
 
-    async def put_item(self, item_id: str, features: dict[str, np.ndarray]) -> ItemChangeResult:
-        """Make `item_id` searchable with vectors from the item tower (new or changed item).
+    async def put_item(self, item_id: str, features: dict[str, np.ndarray], meta: MetaRecord | None = None
+                       ) -> ItemChangeResult:
+        """Make `item_id` searchable with vectors from the item tower (new or changed item), with its display
+        fields `meta` (None: keep the catalogue's, if any).
 
         Raises UnservableItemVector (nothing recorded) when the tower's output fails the check every loaded vector
         passes, and items.ItemLogUnavailable when neither Redis nor the local item WAL could record the change."""
@@ -299,7 +325,7 @@ class ModelStore:
                 raise UnservableItemVector(f"the item tower of model {model.version} turned these features into a "
                                            f"vector that cannot be served ({problem}); "
                                            "the item was not indexed (features far outside the training range?)")
-            changes = await self.item_log.put(item_id, features)
+            changes = await self.item_log.put(item_id, features, meta)
             await self._apply(model, changes)
             return ItemChangeResult(model, True, changes.pending > 0)
 
@@ -347,6 +373,31 @@ class ModelStore:
 
 class NoModelError(RuntimeError):
     """No version is loaded (nothing published, or every published one was refused)."""
+
+
+class ModelRequired(RuntimeError):
+    """`require_model` is set and no valid model could be loaded at start: the service must not start."""
+
+
+def no_model_reason(root: Path, result: ReloadResult) -> str:
+    """Why nothing could be served from `root`, for the operator (the refusal's message names the file)."""
+    if result.status == "empty":
+        return f"no model published under {root} (no `current` pointer: run `mrdib export --out {root}`)"
+    return f"the model under {root} was refused: {result.error or result.status}"
+
+
+def check_loadable(settings: Settings) -> None:
+    """Load what `current` points to exactly as the service would, then drop it; raises ModelRequired saying
+    why it cannot be served. What `mrdib serve --require-model --workers N` runs before starting the workers
+    (each worker checks again itself, but a failing worker makes uvicorn's supervisor stop with exit status 0)."""
+    root = Path(settings.artifacts)
+    try:
+        version = current_version(root)
+        if version is None:
+            raise ModelRequired(no_model_reason(root, ReloadResult("empty", None)))
+        load_serving_model(root / version, settings)
+    except (ArtifactError, OSError, ValueError) as e:
+        raise ModelRequired(no_model_reason(root, ReloadResult("refused", None, None, str(e)))) from None
 
 
 async def cancel_quietly(task: asyncio.Task | None) -> None:

@@ -12,7 +12,9 @@ Decision of the user vector (first match wins):
 
 score(u, i) = <u, item_vector(i)> = sum_c <u, item_components[c, i]>, so with `explain` each item
 carries score share per component (shares sum to 1; a share can be negative or above 1 when
-components pull in opposite directions).
+components pull in opposite directions) and `because`, the history items it owes most to (service/explain.py
+defines it). The popularity fallback scores an item by its share of all training interactions (in [0, 1]),
+and its explanation is `{"popularity": 1.0}`.
 
 Where the blocking part (`rank`) runs: on the event loop when it is small, in the service's
 bounded thread pool otherwise. A hop to the pool costs two thread switches and a future (tens of
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mrdib.artifact.bounds import vector_problem
+from service import explain
 from service.cache import UserStateStore
 from service.metrics import Metrics
 from service.model_store import Overlay, ServingModel
@@ -76,6 +79,7 @@ class Scored:
     item_id: str
     score: float
     explain: dict[str, float] | None = None
+    because: list[tuple[str, float]] | None = None  # (history item id, share), with explain on personal scores
 
 
 @dataclass
@@ -133,14 +137,18 @@ def rank(model: ServingModel, overlay: Overlay, vector: np.ndarray | None, histo
     return vector, top, exact
 
 
-def popular(model: ServingModel, overlay: Overlay, banned: np.ndarray, k: int) -> list[Scored]:
+def popular(model: ServingModel, overlay: Overlay, banned: np.ndarray, k: int, explain: bool = False
+            ) -> list[Scored]:
+    """The k most popular items not banned; score = the item's share of all training interactions."""
     pop = model.popular_rows
     if len(banned):
         pop = pop[: k + len(banned)]  # the first k not banned are within the first k + len(banned)
         pop = pop[~np.isin(pop, banned)]
     pop = pop[:k]
-    counts = model.artifact.item_popularity
-    return [Scored(model.artifact.item_ids[r], float(counts[r])) for r in pop]
+    share, ids = model.popular_share, model.artifact.item_ids
+    if explain:
+        return [Scored(ids[r], float(share[r]), {"popularity": 1.0}) for r in pop]
+    return [Scored(ids[r], float(share[r])) for r in pop]
 
 
 def _rows(parts: list[np.ndarray | list[int]]) -> np.ndarray:
@@ -194,7 +202,7 @@ async def recommend(q: Query, model: ServingModel, state: UserStateStore, pool: 
         vector, cache_it = model.artifact.user_vectors[user_row], True
     else:
         metrics.fallback_popular.inc()
-        items = popular(model, overlay, banned, q.k)  # a slice of a precomputed order: never worth a thread hop
+        items = popular(model, overlay, banned, q.k, q.explain)  # a precomputed order: never worth a thread hop
         return Result(version, items, "popular", False, unknown)
 
     if q.user_id and not req_rows:
@@ -206,9 +214,21 @@ async def recommend(q: Query, model: ServingModel, state: UserStateStore, pool: 
             pool, rank, model, overlay, vector, history, banned, banned_side, q.k, q.explain)
     if exact:
         metrics.fallback_exact.inc()
+    if q.explain and items:
+        await _add_because(model, overlay, history if history is not None else merge_rows(recent_rows, train_rows),
+                           items, pool)
     if cache_it and q.user_id and st is not None:
         await state.put_vector(version, q.user_id, vector, st)
     return Result(version, items, source, cached, unknown)
+
+
+async def _add_because(model: ServingModel, overlay: Overlay, history: np.ndarray, items: list[Scored],
+                       pool: Executor) -> None:
+    """Attach `because` (service/explain.py) to each item: one more tower run, in the pool."""
+    found = await asyncio.get_running_loop().run_in_executor(
+        pool, explain.because, model, overlay, history, [s.item_id for s in items])
+    for s, b in zip(items, found, strict=True):
+        s.because = b
 
 
 async def similar(model: ServingModel, item_id: str, k: int, pool: Executor, inline_max_items: int = 0

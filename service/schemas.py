@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, field_validator
 
 from mrdib.artifact.schema import IndexSpec
+from mrdib.item_meta import FIELD_NAME_RE, MAX_FIELDS, MAX_KEY_CHARS, MetaValue, validate_fields
 from service.events import EVENT_TYPE_RE
 
 # Constraints live in the type (not in a validator) so that they appear in the OpenAPI schema: clients and
@@ -32,6 +33,11 @@ def _integral(v: object) -> object:
 Integer = Annotated[StrictInt, BeforeValidator(_integral)]
 
 
+# A display field name, as mrdib/item_meta.py allows them (the pattern is in the OpenAPI schema too).
+FieldName = Annotated[str, Field(min_length=1, max_length=MAX_KEY_CHARS, pattern=FIELD_NAME_RE)]
+MetaOut = dict[str, MetaValue]
+
+
 class RecommendRequest(_In):
     """`user_id` and/or `history`; neither gives the popularity fallback.
 
@@ -46,7 +52,14 @@ class RecommendRequest(_In):
     k: Integer = Field(default=20, ge=1, le=MAX_K)
     exclude_seen: StrictBool = True
     exclude: list[ItemId] = Field(default_factory=list)
-    explain: StrictBool = False
+    explain: StrictBool = Field(
+        default=False,
+        description="explain every score: `explain` (share per component, or `{\"popularity\": 1}` for the "
+                    "popularity fallback) and `because` (the history items behind it) on each item")
+    fields: list[FieldName] = Field(
+        default_factory=list, max_length=MAX_FIELDS,
+        description="display fields to return per item as `meta` (e.g. [\"title\", \"genres\"]); names must be "
+                    "fields this model's items have (GET /model lists them: `item_meta_fields`); empty = no `meta`")
 
 
 class ErrorOut(BaseModel):
@@ -56,18 +69,48 @@ class ErrorOut(BaseModel):
     errors: list[str] | None = Field(default=None, description="one message per invalid field (422 only)")
 
 
+class BecauseItem(BaseModel):
+    """One item of the user's history and how much of the recommended item's score it accounts for."""
+
+    item_id: str
+    share: float = Field(
+        description="how much this history item pushes the score up, as a fraction of everything in the history "
+                    "that pushes it up: c_h / sum over the history H of max(c_h', 0), where c_h = <u(H) - u(H "
+                    "without h), v_i> is how much item i's score drops when h is left out of H (u = the "
+                    "artifact's user tower, H = the history it reads, v_i = the item's vector). In (0, 1]. For a "
+                    "known user served from the learned vector, the drop the tower predicts (service/explain.py)")
+    meta: MetaOut | None = Field(default=None, description="the requested display fields of this history item")
+
+
 class ScoredItem(BaseModel):
     item_id: str
-    score: float
+    score: float = Field(
+        description="source user/history: the inner product <user vector, item vector> (higher = better; "
+                    "no fixed range). source popular: the item's share of all training interactions, in [0, 1]")
     explain: dict[str, float] | None = Field(
-        default=None, description="share of the score per MRdIB component (sums to 1); only with explain=true"
-    )
+        default=None,
+        description="only with explain=true. Personalised scores: the share of the score per MRdIB component "
+                    "(GET /model `components`: collaborative, shared, unique:<modality>, synergy), i.e. "
+                    "<u, component_c(i)> / <u, v_i>; the shares sum to 1 and one can be negative or above 1 when "
+                    "components pull in opposite directions. Absent for items added by PUT /items (no components). "
+                    "Popularity fallback: {\"popularity\": 1.0}, the reason for the item is its popularity")
+    because: list[BecauseItem] | None = Field(
+        default=None,
+        description="only with explain=true, personalised scores: the 1-3 items of the user's history (request "
+                    "history, recent events, training history; the first max_history of them, which the user "
+                    "tower reads) whose presence raises this item's score most, largest first. Empty when no "
+                    "history item raises it. See BecauseItem.share for the exact definition")
+    meta: MetaOut | None = Field(
+        default=None, description="the requested display `fields` of the item (a field the item lacks is left "
+                                  "out); only when fields were requested")
 
 
 class RecommendResponse(BaseModel):
     model_version: str
     items: list[ScoredItem]
-    source: Literal["user", "history", "popular"]
+    source: Literal["user", "history", "popular"] = Field(
+        description="user: the user's trained or cached vector; history: the user tower over the request history "
+                    "and/or the user's recent events; popular: nothing known about the user, most popular items")
     cached: bool
     unknown_items: list[str] = Field(default_factory=list, description="history ids ignored as unknown")
 
@@ -75,7 +118,9 @@ class RecommendResponse(BaseModel):
 class SimilarResponse(BaseModel):
     model_version: str
     item_id: str
-    items: list[ScoredItem]
+    items: list[ScoredItem] = Field(description="nearest items, best first; `score` is the cosine of the item "
+                                                "vectors, in [-1, 1]")
+    meta: MetaOut | None = Field(default=None, description="the requested display fields of `item_id` itself")
 
 
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
@@ -119,9 +164,21 @@ class ItemIn(_In):
     """Modality features of a new or changed item: one list of numbers per modality of the served model, each
     exactly that modality's dim long (the served model's modalities and dims are in this schema and in
     GET /admin/model). Values are finite with |x| <= 1e6 (`MAX_FEATURE_ABS`); strict: `true` or `"1.5"` are 422,
-    not 1.0 and 1.5. The item tower's output must pass the same check as every loaded vector, or the PUT is 422."""
+    not 1.0 and 1.5. The item tower's output must pass the same check as every loaded vector, or the PUT is 422.
+    Optionally the item's display fields (`meta`)."""
 
     features: dict[str, list[FeatureValue]]
+    meta: MetaOut | None = Field(
+        default=None,
+        description="display fields of the item (title, url, price, ...: strings, numbers, booleans, null or lists "
+                    f"of strings; at most {MAX_FIELDS} fields). Replace the catalogue's fields of a known item; "
+                    "absent: a known item keeps its catalogue fields, a new one has none")
+
+    @field_validator("meta", mode="before")
+    @classmethod
+    def _meta_bounds(cls, v: object) -> object:
+        """The bounds every metadata record obeys (mrdib/item_meta.py), with one message naming the field."""
+        return None if v is None else validate_fields(v, "meta")
 
     @field_validator("features", mode="before")
     @classmethod
@@ -171,6 +228,11 @@ class ModelSummary(BaseModel):
     side_index_size: int = Field(description="items added by PUT and not yet in a trained version")
     hidden_items: int = Field(description="items hidden by DELETE")
     metrics: dict[str, dict[str, float]] = Field(description="split -> metric -> value, from the export")
+    components: list[str] = Field(description="score components of `explain` (collaborative, shared, "
+                                              "unique:<modality>, synergy)")
+    item_meta_fields: list[str] = Field(
+        description="display fields the items have (what `fields` may ask for), PUT items' included; "
+                    "empty when the catalogue carries no metadata")
 
 
 class ModelOut(BaseModel):
@@ -186,6 +248,9 @@ class ModelOut(BaseModel):
     n_items: int
     max_history: int
     components: list[str] = Field(description="score components of `explain`")
+    item_meta_fields: list[str] = Field(
+        description="display fields the items have (what `fields` may ask for), PUT items' included; "
+                    "empty when the catalogue carries no metadata")
     metrics: dict[str, dict[str, float]] = Field(description="split -> metric -> value, from the export")
     indexes: dict[str, IndexSpec]
     onnx_providers: dict[str, list[str]] = Field(description="tower -> execution providers really active")

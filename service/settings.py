@@ -24,7 +24,14 @@ class Settings(BaseSettings):
     # hide_input_in_errors: a validation error must not print the values it got (they may hold the tokens).
     model_config = SettingsConfigDict(env_prefix="MRDIB_", extra="ignore", frozen=True, hide_input_in_errors=True)
 
-    artifacts: Path = Field(default=Path("artifacts"), description="artifacts root holding `current` and versions")
+    artifacts: Path = Field(
+        default=Path("mrdib-home/artifacts"),
+        description="artifacts root holding `current` and versions; the default, relative to the working directory, "
+                    "is where quickstart.sh publishes when run from the repository root")
+    require_model: bool = Field(
+        default=False,
+        description="refuse to start (exit non-zero) when no valid model can be loaded at start, instead of "
+                    "serving 503 until one is published")
     redis_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("REDIS_URL", "MRDIB_REDIS_URL"),

@@ -127,22 +127,29 @@ class UserTower:
 
     def embed(self, rows: np.ndarray) -> np.ndarray:
         """User vector float32 [d] of one history (item rows, most recent first, non-empty)."""
-        rows = np.asarray(rows, dtype=np.int64)[: self.max_history]
-        length = self.static_len or max(1, len(rows))
-        rows = rows[:length]
+        return self.embed_many([rows])[0]
+
+    def embed_many(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """User vectors float32 [B, d] of B histories (item rows, most recent first; each capped at max_history;
+        an empty one gives the tower's empty-history vector), in one session run."""
+        hs = [np.asarray(h, dtype=np.int64)[: self.max_history] for h in histories]
+        length = self.static_len or max(1, max(len(h) for h in hs))
+        hs = [h[:length] for h in hs]
         has_mask = self.mask_input is not None or self.lengths_input is not None
-        batch = np.full((1, length), 0 if has_mask else -1, dtype=np.int64)
-        batch[0, : len(rows)] = rows
+        batch = np.full((len(hs), length), 0 if has_mask else -1, dtype=np.int64)
+        for b, h in enumerate(hs):
+            batch[b, : len(h)] = h
         feeds: dict[str, np.ndarray] = {self.history_input: batch}
         if self.mask_input is not None:
-            mask = np.zeros((1, length), dtype=_ORT_DTYPES.get(self.mask_input.type, np.bool_))
-            mask[0, : len(rows)] = 1
+            mask = np.zeros((len(hs), length), dtype=_ORT_DTYPES.get(self.mask_input.type, np.bool_))
+            for b, h in enumerate(hs):
+                mask[b, : len(h)] = 1
             feeds[self.mask_input.name] = mask
         if self.lengths_input is not None:
-            feeds[self.lengths_input.name] = np.array([len(rows)], dtype=_ORT_DTYPES.get(
+            feeds[self.lengths_input.name] = np.array([len(h) for h in hs], dtype=_ORT_DTYPES.get(
                 self.lengths_input.type, np.int64))
         out = self.sess.run([self.output], feeds)[0]
-        return np.asarray(out, dtype=np.float32).reshape(-1)
+        return np.asarray(out, dtype=np.float32).reshape(len(hs), -1)
 
 
 class ItemTower:

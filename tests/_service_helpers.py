@@ -82,7 +82,7 @@ class TrainedArtifacts:
         from training.trainer import train
 
         workdir = Path(workdir)
-        data = generate_synthetic(SynthConfig(**SYNTH), workdir / "data")
+        data = generate_synthetic(SynthConfig(**SYNTH), workdir / "data")  # with display fields (title, category)
         dataset = resolve_dataset(str(data))  # exactly as `mrdib train --data DIR` reads it
         threads = torch.get_num_threads()
         versions = []
@@ -109,6 +109,7 @@ class TrainedArtifacts:
             assert {s.name: s.dim for s in m.modalities} == MODALITIES, m.modalities
             assert m.backbone == "freedom" and m.mrdib is not None and m.components == COMPONENTS, m.components
             assert a.item_ids == arts[0].item_ids and a.user_ids == arts[0].user_ids
+            assert m.item_meta_fields and "title" in m.item_meta_fields and a.item_meta is not None
         # The models must differ, or tests that swap versions could not tell a mixed-up answer.
         assert not np.allclose(arts[0].user_vectors, arts[1].user_vectors, atol=1e-2)
 

@@ -317,7 +317,8 @@ def test_model_shows_no_paths_and_details_need_the_admin_token(env):
     assert public.status_code == 200
     assert str(root.anchor + root.parts[1]) not in public.text and bad not in public.text, public.text
     assert set(public.json()) == {"model_version", "created_at", "n_users", "n_items", "side_index_size",
-                                  "hidden_items", "metrics"}
+                                  "hidden_items", "metrics",
+                                  "components", "item_meta_fields"}  # what the demo page (/ui) needs: no paths
     assert http.get("/admin/model").status_code == 401
     assert http.get("/admin/model", headers=bearer(EVENTS)).status_code == 403  # the events token is not admin
     details = http.get("/admin/model", headers=bearer(ADMIN)).json()

@@ -286,6 +286,50 @@ def test_merge_side_items_appends_updates_and_rejects(tmp_path: Path) -> None:
     np.testing.assert_array_equal(back.features["text"], with_events.features["text"])
 
 
+def test_side_item_metadata_is_merged_and_written(tmp_path: Path) -> None:
+    """Display fields a PUT carried replace the item's; without them a known item keeps its own; they survive
+    the event merge and the dataset written for training (so the next artifact serves them)."""
+    from dataclasses import replace
+
+    from training.data.mmrec import load_mmrec
+
+    ds = replace(_tiny_dataset(), item_meta=[{"title": f"Item {k}"} for k in range(6)])
+    items = [
+        replace(_side("new-a", [1, 2, 3, 4], seconds=1), meta={"title": "New A", "price": 3.5}),
+        _side("new-b", [5, 6, 7, 8], seconds=2),  # no display fields
+        replace(_side("i1", ds.features["text"][1]), meta={"title": "Renamed 1"}),  # same features, new title
+        _side("i2", [9, 9, 9, 9]),  # new features, no meta: keeps "Item 2"
+        replace(_side("i3", ds.features["text"][3]), meta={"title": "Item 3"}),  # nothing new
+    ]
+    out, rep, merged, _ = merge_side_items(ds, items)
+    assert (rep.added, rep.updated, rep.unchanged) == (2, 2, 1) and len(merged) == 5
+    assert out.item_meta == [{"title": "Item 0"}, {"title": "Renamed 1"}, {"title": "Item 2"}, {"title": "Item 3"},
+                             {"title": "Item 4"}, {"title": "Item 5"}, {"title": "New A", "price": 3.5}, {}]
+    assert ds.item_meta[1] == {"title": "Item 1"}  # pure
+    with_events, _ = merge_events(out, [_event("u0", "new-a")], 1)
+    assert with_events.item_meta == out.item_meta
+    back = load_mmrec(write_mmrec(with_events, tmp_path / "merged"))
+    assert back.item_meta == out.item_meta
+    # A catalogue without metadata gets records once a PUT brings some.
+    bare, _, _, _ = merge_side_items(_tiny_dataset(), [items[0]])
+    assert bare.item_meta == [{}] * 6 + [{"title": "New A", "price": 3.5}]
+    plain, _, _, _ = merge_side_items(_tiny_dataset(), [items[1]])
+    assert plain.item_meta is None
+
+
+def test_side_item_codec_carries_metadata() -> None:
+    from mrdib.side_items import SideItem, decode_side, encode_side
+
+    item = SideItem({"text": np.arange(3, dtype=np.float32)}, datetime(2026, 1, 2, tzinfo=UTC),
+                    {"title": "Été", "tags": ["a"]})
+    back = decode_side(encode_side(item))
+    assert back.meta == item.meta and back.put_at == item.put_at
+    old = '{"features": {"text": [1.0, 2.0]}, "put_at": "2026-01-02T00:00:00+00:00"}'  # before metadata existed
+    assert decode_side(old).meta is None
+    with pytest.raises(ValueError, match=r"unreadable side item record: meta\.title: unsupported value type dict"):
+        decode_side('{"features": {"text": [1.0]}, "put_at": "2026-01-02T00:00:00+00:00", "meta": {"title": {}}}')
+
+
 @pytest.mark.redis
 def test_side_items_in_the_services_format_are_read_and_cleared(redis_client) -> None:
     """Records encoded by the shared codec (mrdib/side_items.py, what the service writes) under the service's keys

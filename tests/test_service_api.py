@@ -131,11 +131,12 @@ def test_unknown_user_with_history_and_unknown_ids(client, art):
 def test_popularity_fallback(client, art):
     body = client.post("/recommend", json={"k": 3}).json()
     assert body["source"] == "popular"
-    # The three largest training counts, largest first, each item scored by its own count.
+    # The three largest training counts, largest first, each item scored by its share of all training interactions.
     counts = [int(art.item_popularity[art.item_ids.index(i["item_id"])]) for i in body["items"]]
-    assert [i["score"] for i in body["items"]] == [float(c) for c in counts]
+    total = int(art.item_popularity.sum())
+    assert [i["score"] for i in body["items"]] == pytest.approx([c / total for c in counts])
     assert counts == sorted(art.item_popularity.tolist(), reverse=True)[:3]
-    assert body["items"][0]["score"] == float(art.item_popularity.max()) > 0
+    assert body["items"][0]["score"] == pytest.approx(float(art.item_popularity.max()) / total)
     only_unknown = client.post("/recommend", json={"user_id": "ghost", "history": ["zzz"]}).json()
     assert only_unknown["source"] == "popular" and only_unknown["unknown_items"] == ["zzz"]
     assert 'mrdib_fallbacks_total{kind="popular"} 2.0' in client.get("/metrics").text

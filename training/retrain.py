@@ -68,6 +68,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mrdib import exits
 from mrdib.artifact.store import atomic_write_text
+from mrdib.item_meta import ITEM_META_FILE, write_item_meta
 from mrdib.side_items import decode_side, side_item_keys
 from training.data.dataset import TRAIN, VALID, DataError, InteractionDataset
 
@@ -348,6 +349,7 @@ def merge_events(
         user_ids=user_ids,
         item_ids=list(ds.item_ids),
         features=ds.features,
+        item_meta=ds.item_meta,
     )
     return merged, report
 
@@ -356,8 +358,8 @@ def write_mmrec(ds: InteractionDataset, out: Path) -> Path:
     """Write `ds` as a complete MMRec folder (staged next to `out`, then renamed into place).
 
     Files: <name>.inter (userID itemID rating timestamp x_label), <modality>_feat.npy,
-    i_id_mapping.csv and u_id_mapping.csv (org_id remap_id), so that training.data.mmrec.load_mmrec
-    reads back exactly `ds`.
+    i_id_mapping.csv and u_id_mapping.csv (org_id remap_id), item_meta.jsonl when the dataset has display
+    fields, so that training.data.mmrec.load_mmrec reads back exactly `ds`.
     """
     out = Path(out)
     if out.exists():
@@ -377,6 +379,8 @@ def write_mmrec(ds: InteractionDataset, out: Path) -> Path:
         for name, ids in (("i_id_mapping.csv", ds.item_ids), ("u_id_mapping.csv", ds.user_ids)):
             body = "\n".join(f"{x}\t{k}" for k, x in enumerate(ids))
             (stage / name).write_text("org_id\tremap_id\n" + body + "\n", encoding="utf-8")
+        if ds.item_meta is not None:
+            write_item_meta(stage / ITEM_META_FILE, ds.item_ids, ds.item_meta)
         for p in stage.iterdir():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
@@ -400,6 +404,7 @@ class SideRecord:
     features: dict[str, np.ndarray]
     put_at: datetime
     raw: bytes
+    meta: dict | None = None  # display fields the PUT carried (None: keep the catalogue's)
 
 
 @dataclass
@@ -415,7 +420,7 @@ def decode_side_record(item_id: str, raw: bytes | str) -> SideRecord:
     """Parse one side-index value; ValueError naming the problem for anything the service would not write."""
     raw_b = raw if isinstance(raw, bytes) else str(raw).encode("utf-8")
     item = decode_side(raw_b)
-    return SideRecord(item_id, dict(item.features), item.put_at, raw_b)
+    return SideRecord(item_id, dict(item.features), item.put_at, raw_b, item.meta)
 
 
 def read_side_items(client: Any, prefix: str = "") -> SideSnapshot:
@@ -468,7 +473,8 @@ def merge_side_items(
     """Put the side items into the catalogue. Pure: returns (dataset, report, merged items, warnings).
 
     A new id becomes a new item row at the end (rows stay append-only, so a warm start still maps old
-    rows to the same items); a known id gets its feature rows replaced. Interactions are untouched:
+    rows to the same items); a known id gets its feature rows replaced. Display fields a PUT carried replace
+    the item's (a new item without any has none; a known one keeps its own). Interactions are untouched:
     the events merged next are what gives the new items interactions. Items are taken in PUT order
     (then id), so the same side index always yields the same dataset. `merged` lists every item the
     returned dataset holds exactly (added, updated, unchanged): those can leave the side index once a
@@ -493,7 +499,8 @@ def merge_side_items(
             item_row[item.item_id] = ds.n_items + len(new)
             new.append(item)
             report.added += 1
-        elif all(np.array_equal(ds.features[m][r], item.features[m]) for m in dims):
+        elif all(np.array_equal(ds.features[m][r], item.features[m]) for m in dims) and (
+                item.meta is None or (ds.item_meta is not None and ds.item_meta[r] == item.meta)):
             report.unchanged += 1
         else:
             updates[r] = item
@@ -509,9 +516,17 @@ def merge_side_items(
         if new:
             x = np.concatenate([x, np.stack([item.features[m] for item in new]).astype(np.float32)])
         features[m] = np.ascontiguousarray(x)
+    item_meta = ds.item_meta
+    if item_meta is not None or any(item.meta is not None for item in (*new, *updates.values())):
+        item_meta = [dict(rec) for rec in ds.item_meta] if ds.item_meta is not None else [{} for _ in ds.item_ids]
+        for r, item in updates.items():
+            if item.meta is not None:
+                item_meta[r] = dict(item.meta)
+        item_meta += [dict(item.meta or {}) for item in new]
     out = InteractionDataset(
         name=ds.name, users=ds.users, items=ds.items, timestamps=ds.timestamps, splits=ds.splits,
         user_ids=list(ds.user_ids), item_ids=[*ds.item_ids, *(item.item_id for item in new)], features=features,
+        item_meta=item_meta,
     )  # fmt: skip
     return out, report, merged, warnings
 
