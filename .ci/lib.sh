@@ -85,3 +85,19 @@ ensure_compose() {
   fi
   return 0
 }
+
+# ensure_chromium: Debian's chromium, the browser of the demo page's test (tests/test_service_ui.py, driven by
+# Playwright's Python client; never a browser Playwright downloads). Never fatal here: without it that test
+# fails under CI=true (CI must run it) and skips elsewhere, and this says why.
+ensure_chromium() {
+  command -v chromium >/dev/null 2>&1 && return 0
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "ci: no chromium and no apt-get: the browser test cannot run (install Debian's chromium)" >&2
+  elif ! can_be_root; then
+    echo "ci: installing chromium (apt-get) needs root, and this user is not root and has no password-less sudo:" \
+      "the browser test cannot run (install the package chromium)" >&2
+  elif ! apt_install chromium; then
+    echo "ci: could not install chromium with apt-get: the browser test cannot run" >&2
+  fi
+  return 0
+}

@@ -19,6 +19,7 @@ import structlog
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mrdib.item_meta import select_fields
@@ -41,6 +42,7 @@ from service.model_store import (
     no_model_reason,
 )
 from service.openapi import allowed_methods, model_openapi
+from service.pages import DOCS_STATIC, add_ui
 from service.ratelimit import retry_after_header
 from service.recommender import UnservableOutput
 from service.redis_link import REDIS_DOWN, RedisLink
@@ -482,9 +484,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await ctx.stop()
             mark_worker_gone()
 
-    app = FastAPI(title="MRdIB recommender", version="1", lifespan=lifespan, responses=COMMON_ERRORS)
+    app = FastAPIOffline(title="MRdIB recommender", version="1", lifespan=lifespan, responses=COMMON_ERRORS,
+                         static_url=DOCS_STATIC)  # /docs and /redoc with their assets served here (service/pages.py)
     app.state.ctx = ctx
     add_routes(app)
+    add_ui(app)
     add_error_handlers(app)
     app.openapi = model_openapi(app, ctx.store)  # type: ignore[method-assign]
     app.add_middleware(RequestGuard, max_body=settings.max_body_bytes)

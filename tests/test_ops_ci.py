@@ -149,9 +149,36 @@ def test_ensure_compose_not_root_skips_with_a_message(sandbox) -> None:
     assert not Path(env["CALLS"]).exists()
 
 
+def test_ensure_chromium_not_root_says_why_without_failing(sandbox) -> None:
+    _, env = sandbox
+    r = _lib(env, "ensure_chromium")
+    assert r.returncode == 0  # never fatal: the browser test fails under CI=true, skips elsewhere
+    assert "needs root" in r.stderr and "browser test cannot run" in r.stderr
+    assert not Path(env["CALLS"]).exists()
+
+
+def test_ensure_chromium_installs_debians_package_through_sudo(sandbox) -> None:
+    bin_dir, env = sandbox
+    _script(bin_dir / "sudo", """echo "sudo $*" >> "$CALLS"
+case "$*" in
+  *"apt-get install"*chromium*) printf '#!/bin/sh\n' > "$FAKEBIN/chromium"; chmod +x "$FAKEBIN/chromium" ;;
+esac
+""")
+    for tool in ("printf", "chmod"):
+        os.symlink(shutil.which(tool), bin_dir / tool)
+    r = _lib(env, "ensure_chromium && command -v chromium")
+    assert r.returncode == 0 and r.stdout.strip() == str(bin_dir / "chromium"), r.stderr
+    calls = Path(env["CALLS"]).read_text().splitlines()
+    assert any(c.startswith("sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install") and c.endswith(" chromium")
+               for c in calls), calls
+    assert _lib(env, "ensure_chromium").returncode == 0 and len(Path(env["CALLS"]).read_text().splitlines()) == len(
+        calls)  # installed: nothing more is run
+
+
 def test_ci_run_uses_the_library() -> None:
     text = (REPO / ".ci" / "run").read_text()
     assert ". .ci/lib.sh" in text and 'ensure_redis "$REDIS_URL"' in text and "ensure_compose" in text
+    assert "ensure_chromium" in text
     assert not re.search(r"^\s*apt-get ", text, re.M), "apt-get only through .ci/lib.sh (root or sudo -n)"
     r = subprocess.run(["bash", "-n", str(REPO / ".ci" / "run")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
