@@ -62,6 +62,6 @@ if [ "${NO_SERVE:-0}" = "1" ]; then
   echo "==> published $(cat "$HOME_DIR/artifacts/current") (NO_SERVE=1: not serving)"
   exit 0
 fi
-echo "==> serving on http://$HOST:$PORT (logs: stdout; artifacts: $HOME_DIR/artifacts)"
+echo "==> serving on http://$HOST:$PORT (demo page: http://$HOST:$PORT/ui, API docs: /docs; logs: stdout; artifacts: $HOME_DIR/artifacts)"
 export MRDIB_WAL_PATH=${MRDIB_WAL_PATH:-$HOME_DIR/events.wal.jsonl}
 exec $MRDIB serve --artifacts "$HOME_DIR/artifacts" --host "$HOST" --port "$PORT"
