@@ -53,10 +53,12 @@ _RECORD_LUA = BUCKET_LUA + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+if redis.call('ZADD', KEYS[1], 'NX', now, ARGV[1]) == 0 then return 0 end
 local wait = take_token(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]), now)
-if wait > 0 then return -wait end
-redis.call('ZADD', KEYS[1], now, ARGV[1])
+if wait > 0 then
+  redis.call('ZREM', KEYS[1], ARGV[1])  -- refused: the id is not taken (one call less on the common path)
+  return -wait
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 local fields = {}
 for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end

@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     redis_check_interval_s: float = Field(default=1.0, gt=0, description="health probe / WAL replay period")
     user_vector_ttl_s: int = Field(default=3600, ge=1, description="TTL of cached user vectors")
     history_ttl_s: int = Field(default=30 * 86400, ge=1, description="TTL of a user's recent-event list")
-    dedupe_ttl_s: int = Field(default=7 * 86400, ge=1, description="how long an event id is remembered for dedupe")
+    dedupe_ttl_s: int = Field(default=7 * 86400, ge=1,
+                              description="how long the event ids a user sent are remembered (per-user dedupe)")
     history_cap: int = Field(default=50, ge=1, description="recent events kept per user")
     lru_size: int = Field(default=100_000, ge=1, description="users kept by the in-process cache")
     near_cache_ttl_s: float = Field(

@@ -23,7 +23,8 @@ REPORT_ENV = "MRDIB_FAULT_REPORT_DIR"
 
 
 def record(name: str, **figures: object) -> None:
-    """Write this test's figures (JSON) into $MRDIB_FAULT_REPORT_DIR/<name>.json when that is set."""
+    """Write this test's figures (JSON) into $MRDIB_FAULT_REPORT_DIR/<name>.json when that is set. A `covers`
+    figure names the issue finding the scenario guards (a column of its own in docs/BENCHMARKS.md)."""
     out = os.environ.get(REPORT_ENV)
     if not out:
         return
@@ -115,7 +116,9 @@ class FastPrivateRedis(PrivateRedis):
 class ServeProcess:
     """`mrdib serve` for real: the command line in a subprocess (its own process group) on a free loopback port,
     with exactly the environment given (no MRDIB_* or REDIS_URL of the caller's), its log in `log`.
-    Entering waits until /readyz answers 200; leaving sends SIGTERM, then SIGKILL to the group if needed."""
+    Entering waits until every worker has started (its `serving` or `no_model` log line) and /readyz answers 200:
+    a test that then publishes a version knows that no worker is still loading the first one. Leaving sends
+    SIGTERM, then SIGKILL to the group if needed."""
 
     def __init__(self, workdir: Path, env: dict[str, str], workers: int = 2, ready_s: float = 90.0):
         import sys
@@ -129,6 +132,7 @@ class ServeProcess:
         self.cmd = [sys.executable, "-c", "import sys; from mrdib.cli import app; sys.argv[0] = 'mrdib'; app()",
                     "serve", "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers)]
         self.ready_s = ready_s
+        self.workers = workers
         self.proc = None
 
     @property
@@ -146,9 +150,11 @@ class ServeProcess:
         while True:
             assert self.proc.poll() is None, f"mrdib serve exited {self.proc.returncode}:\n{self.log_text()[-3000:]}"
             assert time.monotonic() < deadline, f"mrdib serve not ready:\n{self.log_text()[-3000:]}"
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
-                    return self
+            log = self.log_text()
+            if log.count('"event": "serving"') + log.count('"event": "no_model"') >= self.workers:
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
+                        return self
             time.sleep(0.3)
 
     def log_text(self) -> str:

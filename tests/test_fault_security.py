@@ -1,8 +1,17 @@
 """Security and hardening (issue 13) over real HTTP, with the real Redis and a real trained artifact.
 
-The server of this module runs with MRDIB_EVENTS_TOKEN and MRDIB_ADMIN_TOKEN set, as production should:
-- who may write events (token, per-user rate limit in Redis, and in-process while Redis is down);
-- event ids scoped to their user (the same id from two users lands twice; a true retry is a duplicate);
+One test (at least) per finding of the issue, each checked to fail on the code before the fix:
+1. who may write events: MRDIB_EVENTS_TOKEN (or the admin token), open with a warning when unset; a per-user
+   rate limit (token bucket in Redis, in-process while Redis is down), 429 with Retry-After;
+2. event ids scoped to their user: the same id from two users lands twice; a true retry is a duplicate;
+3. huge-but-finite vectors refused by `mrdib artifact verify` (exit 2) and by reload (the old model serves on);
+   a tower output that cannot be served answers 503, never 500;
+4. no secrets in logs (`mrdib serve --workers 2`, access log on and off);
+5. /model without paths or refusal reasons (those need the admin token); /metrics optionally token-gated;
+6. request heads over MRDIB_MAX_HEADER_BYTES refused (431 or a closed connection);
+7. PUT /items features bounded, and the item tower's output checked like loaded vectors;
+8. the Allow header, integral floats as integers, the modalities named in the schema.
+`test_done_when_real_serve_two_workers_and_redis` is the issue's "Done when" on a real `mrdib serve --workers 2`.
 Each test records its figures for docs/BENCHMARKS.md (tests/_fault_helpers.record).
 """
 
@@ -91,7 +100,8 @@ def test_events_need_the_events_or_the_admin_token(env):
         r = http.post("/events", json=event(art, user, 2, eid), headers=bearer(token))
         assert r.status_code == 202 and r.json()["durable_in"] == "redis", r.text
         assert len(in_stream(env, eid)) == 1
-    record("events_token", load="one server, MRDIB_EVENTS_TOKEN and MRDIB_ADMIN_TOKEN set",
+    record("events_token", covers="13.1 events token",
+           load="one server, MRDIB_EVENTS_TOKEN and MRDIB_ADMIN_TOKEN set",
            faults="POST /events without, with a wrong, a Basic and an empty token",
            requests=len(refused) + 3, refused=refused, accepted_with="events token, admin token", failures=0)
 
@@ -105,6 +115,9 @@ def test_events_are_open_without_a_token_and_say_so_at_start(tmp_path, build_art
         r = http.post("/events", json=event(art, "local-user", 1))
         assert r.status_code == 202 and r.json()["durable_in"] == "file" and r.json()["duplicate"] is None
     assert '"event": "events_open"' in capsys.readouterr().err
+    record("events_open_warned", covers="13.1 open events warned",
+           load="one server, no events token",
+           faults="POST /events without a token", requests=1, accepted=1, warning="events_open", failures=0)
 
 
 # --- 2. event ids belong to their user -------------------------------------------------------------
@@ -124,10 +137,12 @@ def test_the_same_event_id_from_two_users_lands_twice(env):
     retry = http.post("/events", json=event(art, alice, 3, eid), headers=bearer(EVENTS))
     assert retry.status_code == 202 and retry.json()["duplicate"] is True
     assert len(in_stream(env, eid)) == 2
-    # Each user's own state saw its event: alice's history is not mallory's item.
-    a = http.post("/recommend", json={"user_id": alice, "k": 3}).json()
-    assert a["source"] == "history"
-    record("event_ids_per_user", load="one server with Redis", faults="one event_id sent by two users, then retried",
+    # Each user's own state got its own event.
+    hist = {u: env["redis"].lrange(f"{env['prefix']}hist:{u}", 0, -1) for u in (alice, mallory)}
+    assert hist == {alice: [art.item_ids[3].encode()], mallory: [art.item_ids[4].encode()]}
+    assert http.post("/recommend", json={"user_id": mallory, "k": 3}).json()["source"] == "history"
+    record("event_ids_per_user", covers="13.2 event ids per user",
+           load="one server with Redis", faults="one event_id sent by two users, then retried",
            requests=3, stream_entries=len(in_stream(env, eid)), retry_duplicate=True, failures=0)
 
 
@@ -153,7 +168,8 @@ def test_events_beyond_the_users_rate_get_429_with_retry_after(env):
     assert http.post("/events", json=event(art, other, 1), headers=bearer(EVENTS)).status_code == 202
     time.sleep(int(r.headers["retry-after"]) + 0.1)
     assert http.post("/events", json=event(art, user, 10), headers=bearer(EVENTS)).status_code == 202
-    record("events_rate_limit", load=f"one user, burst {BURST}, 0.5 event/s", faults=f"{BURST + 4} events at once",
+    record("events_rate_limit", covers="13.1 rate limit",
+           load=f"one user, burst {BURST}, 0.5 event/s", faults=f"{BURST + 4} events at once",
            requests=BURST + 7, accepted=BURST, refused_429=4, failures=0)
 
 
@@ -169,7 +185,8 @@ def test_rate_limit_holds_while_redis_is_down(tmp_path, build_artifact):
     assert {a.json()["durable_in"] for a in answers[:3]} == {"wal"}
     assert int(answers[3].headers["retry-after"]) == 2  # 0.5 token/s: the next one in 2 s
     assert len((tmp_path / "wal.jsonl").read_text().splitlines()) == 3
-    record("events_rate_limit_redis_down", load="Redis unreachable, burst 3, 0.5 event/s",
+    record("events_rate_limit_redis_down", covers="13.1 rate limit, Redis down",
+           load="Redis unreachable, burst 3, 0.5 event/s",
            faults="5 events of one user", requests=5, accepted_to_wal=3, refused_429=2, failures=0)
 
 
@@ -222,7 +239,8 @@ def test_huge_vector_artifact_is_refused_by_verify_and_by_reload(env):
     # Back to a good version for the other tests of this module.
     env["publish"](root, seed=0)
     assert http.post("/admin/reload", headers=bearer(ADMIN)).json()["status"] == "loaded"
-    record("huge_vector_artifact", load="one server serving a good version",
+    record("huge_vector_artifact", covers="13.3 huge vectors",
+           load="one server serving a good version",
            faults="a version with vectors x1e20 (finite, consistent, checksums resealed) published",
            requests=4, verify_exit_code=2, reload_status=409, old_model_kept=True, failures=0)
 
@@ -274,7 +292,8 @@ def test_tower_outputs_that_cannot_be_served_get_clear_errors(tmp_path, build_ar
         assert http.get("/items/overflowing/similar").status_code == 404
         top = http.post("/recommend", json={"user_id": art.user_ids[1], "k": 3}).json()["items"]
         assert "overflowing" not in {i["item_id"] for i in top}
-    record("tower_overflow", load="one server, a version whose towers overflow beyond their dry-run inputs",
+    record("tower_overflow", covers="13.3 last guard, 13.7 tower output",
+           load="one server, a version whose towers overflow beyond their dry-run inputs",
            faults="/recommend with a history; PUT /items with ordinary features", requests=6,
            recommend_status=503, put_status=422, failures=0)
 
@@ -301,7 +320,8 @@ def test_put_item_features_are_bounded(env):
     assert all(np.isfinite(s["score"]) and abs(s["score"]) <= 1 + 1e-5 for s in sims)
     if r.status_code == 200:
         assert http.delete("/items/big-but-ok", headers=bearer(ADMIN)).status_code == 200
-    record("put_feature_bounds", load="one server", faults="PUT /items with features 1e38, -3e38, 1e6+1",
+    record("put_feature_bounds", covers="13.7 feature bounds",
+           load="one server", faults="PUT /items with features 1e38, -3e38, 1e6+1",
            requests=5, statuses=statuses, failures=0)
 
 
@@ -325,7 +345,8 @@ def test_model_shows_no_paths_and_details_need_the_admin_token(env):
     assert bad in details["refused_versions"] and str(root) in details["refused_versions"][bad]
     env["publish"](root, seed=0)
     assert http.post("/admin/reload", headers=bearer(ADMIN)).json()["status"] == "loaded"
-    record("model_route", load="one server", faults="a corrupted version refused, then GET /model",
+    record("model_route", covers="13.5 /model",
+           load="one server", faults="a corrupted version refused, then GET /model",
            requests=5, public_fields=len(public.json()), absolute_paths_in_public=0, failures=0)
 
 
@@ -342,6 +363,9 @@ def test_metrics_can_require_a_token(tmp_path, build_artifact):
             r = http.get("/metrics", headers=bearer(token))
             assert r.status_code == 200 and "mrdib_model_info" in r.text
         assert http.get("/healthz").status_code == 200 and http.get("/readyz").status_code == 200  # stay public
+    record("metrics_token", covers="13.5 /metrics token",
+           load="one server, MRDIB_METRICS_TOKEN set",
+           faults="GET /metrics without and with a wrong token", requests=6, refused="401, 403", failures=0)
 
 
 # --- 6. request heads ------------------------------------------------------------------------------
@@ -391,7 +415,8 @@ def test_oversize_request_heads_are_refused(env):
             out += chunk
     assert out.count(b"HTTP/1.1 200") == 2, out[:500]
     assert env["http"].get("/healthz").status_code == 200
-    record("request_heads", load="one server, MRDIB_MAX_HEADER_BYTES = 32 KiB", faults=", ".join(cases),
+    record("request_heads", covers="13.6 header size",
+           load="one server, MRDIB_MAX_HEADER_BYTES = 32 KiB", faults=", ".join(cases),
            requests=len(cases) + 3, answers={k: v if v is not None else "closed" for k, v in got.items()},
            failures=0)
 
@@ -419,6 +444,10 @@ def test_allow_header_integral_k_and_modalities_in_the_schema(env):
     assert {m: (p["minItems"], p["maxItems"]) for m, p in features["properties"].items()} == {
         m: (d, d) for m, d in dims.items()}
     assert features["properties"]["text"]["items"]["maximum"] == 1e6
+    record("schema_honesty", covers="13.8 Allow, integral k, modalities",
+           load="one server",
+           faults="OPTIONS and GET on a PUT/DELETE path; k as 553.0, 2.5, true, \"5\"; the schema of features",
+           requests=10, failures=0)
 
 
 # --- 4. no secrets in logs ---------------------------------------------------------------------------
@@ -476,6 +505,10 @@ def test_access_log_when_enabled_has_no_secrets_with_two_workers(tmp_path, build
     access = [line for line in log.splitlines() if '"logger": "uvicorn.access"' in line]
     assert len(access) >= 8 and all(line.startswith("{") for line in access), log[-2000:]
     assert any("api_key=[REDACTED]&k=v" in line for line in access), access[:3]
+    record("access_log_redacted", covers="13.4 secrets in logs",
+           load="mrdib serve --workers 2, MRDIB_ACCESS_LOG=1",
+           faults="secrets in ?api_key= and ?token=", requests=8, access_lines=len(access), secret_in_log=0,
+           failures=0)
 
 
 def test_done_when_real_serve_two_workers_and_redis(tmp_path, build_artifact, redis_url):
@@ -538,6 +571,7 @@ def test_done_when_real_serve_two_workers_and_redis(tmp_path, build_artifact, re
         keys = list(r.scan_iter(match=prefix + "*"))
         if keys:
             r.delete(*keys)
-    record("done_when_serve_two_workers", load="mrdib serve --workers 2, real Redis, both tokens set",
+    record("done_when_serve_two_workers", covers="13 done-when",
+           load="mrdib serve --workers 2, real Redis, both tokens set",
            faults="event without token; one event_id from two users; huge-vector version + reload?token=SECRET; "
                   "GET /model; 1 MB header", requests=16, secret_in_log=0, failures=0)
