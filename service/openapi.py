@@ -1,8 +1,10 @@
 """What the API says about itself is true: the OpenAPI schema and the `Allow` header.
 
-* The features of PUT /items must be exactly the served model's modalities, each with its own dim. A static
-  pydantic schema can only say "a map of number lists"; `model_openapi` writes the served model's modalities
-  and dims into the schema (required, exact lengths, nothing else allowed), rebuilt when the model changes.
+* What is valid depends on the served model: the features of PUT /items must be exactly its modalities, each
+  with its own dim, and `fields` may name only display fields its items have. A static pydantic schema can only
+  say "a map of number lists" and "a list of names"; `model_openapi` writes the served model's modalities and
+  dims (required, exact lengths, nothing else allowed) and its display fields (an enum; a pattern for the
+  comma-separated query parameter) into the schema, rebuilt when the model or its fields change.
 * A method a path does not have answers 405 with an `Allow` header naming every method of that path (Starlette
   names only those of the first route whose path matched: `PUT /items/{id}` hid `DELETE`); OPTIONS answers 204
   with the same header.
@@ -11,6 +13,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +24,8 @@ from starlette.types import Scope
 from service.model_store import ModelStore
 
 ITEM_IN = "ItemIn"
+RECOMMEND_REQUEST = "RecommendRequest"
+SIMILAR = "/items/{item_id}/similar"
 
 
 def allowed_methods(app: FastAPI, scope: Scope) -> str:
@@ -32,36 +37,61 @@ def allowed_methods(app: FastAPI, scope: Scope) -> str:
     return ", ".join(sorted(methods))
 
 
-def with_modalities(schema: dict[str, Any], dims: dict[str, int], version: str) -> dict[str, Any]:
-    """A copy of `schema` whose ItemIn.features names the modalities `dims` (name -> exact length)."""
+def with_model(schema: dict[str, Any], dims: dict[str, int], fields: frozenset[str], version: str) -> dict[str, Any]:
+    """A copy of `schema` in which PUT /items' features are the modalities `dims` (name -> exact length) and
+    `fields` (of /recommend's body and /items/{id}/similar's query) may name only `fields`."""
     schema = copy.deepcopy(schema)
-    item_in = schema.get("components", {}).get("schemas", {}).get(ITEM_IN)
-    if item_in is None:
-        return schema
-    features = item_in["properties"]["features"]
-    value = features.get("additionalProperties", {}).get("items", {"type": "number"})
-    item_in["properties"]["features"] = {
-        "type": "object",
-        "title": features.get("title", "Features"),
-        "description": f"exactly the modalities of the served model ({version}), each a list of its dim",
-        "properties": {m: {"type": "array", "items": value, "minItems": d, "maxItems": d} for m, d in dims.items()},
-        "required": sorted(dims),
-        "additionalProperties": False,
-    }
+    components = schema.get("components", {}).get("schemas", {})
+    item_in = components.get(ITEM_IN)
+    if item_in is not None:
+        features = item_in["properties"]["features"]
+        value = features.get("additionalProperties", {}).get("items", {"type": "number"})
+        item_in["properties"]["features"] = {
+            "type": "object",
+            "title": features.get("title", "Features"),
+            "description": f"exactly the modalities of the served model ({version}), each a list of its dim",
+            "properties": {m: {"type": "array", "items": value, "minItems": d, "maxItems": d}
+                           for m, d in dims.items()},
+            "required": sorted(dims),
+            "additionalProperties": False,
+        }
+    names = sorted(fields)
+    body_fields = components.get(RECOMMEND_REQUEST, {}).get("properties", {}).get("fields")
+    if body_fields is not None:
+        if names:
+            body_fields["items"] = {**body_fields.get("items", {}), "enum": names}
+        else:
+            body_fields["maxItems"] = 0
+    similar = schema.get("paths", {}).get(SIMILAR, {}).get("get", {})
+    for param in similar.get("parameters", []):
+        if param.get("name") == "fields":
+            for branch in param["schema"].get("anyOf", [param["schema"]]):
+                if branch.get("type") == "string":
+                    branch["pattern"] = _names_pattern(names)
     return schema
 
 
+def _names_pattern(names: list[str]) -> str:
+    """A comma-separated list of `names` as service/meta.parse_fields reads it (blanks and spaces ignored)."""
+    if not names:
+        return r"^[\s,]*$"
+    one = "(?:" + "|".join(re.escape(n) for n in names) + ")"
+    return rf"^[\s,]*(?:{one}(?:\s*,[\s,]*{one})*)?[\s,]*$"
+
+
 def model_openapi(app: FastAPI, store: ModelStore) -> Callable[[], dict[str, Any]]:
-    """`app.openapi` replacement: FastAPI's schema with the served model's modalities, one copy per version."""
-    cached: dict[str | None, dict[str, Any]] = {}
+    """`app.openapi` replacement: FastAPI's schema with what the served model accepts, one copy per version and
+    set of display fields (a PUT may add fields)."""
+    cached: dict[tuple[str, frozenset[str]] | None, dict[str, Any]] = {}
 
     def openapi() -> dict[str, Any]:
         model = store.current
-        key = model.version if model is not None else None
+        key = (model.version, model.overlay.meta_fields) if model is not None else None
         if key not in cached:
             base = FastAPI.openapi(app)  # FastAPI builds the static part once and keeps it
             cached.clear()
-            cached[key] = base if model is None else with_modalities(base, model.modality_dims(), model.version)
+            cached[key] = base if model is None else with_model(base, model.modality_dims(),
+                                                                model.overlay.meta_fields, model.version)
         return cached[key]
 
     return openapi

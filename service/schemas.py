@@ -5,12 +5,20 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, field_validator
 
 from mrdib.artifact.schema import IndexSpec
-from mrdib.item_meta import FIELD_NAME_RE, MAX_FIELDS, MAX_KEY_CHARS, MetaValue, validate_fields
+from mrdib.item_meta import (
+    FIELD_NAME_RE,
+    MAX_FIELDS,
+    MAX_KEY_CHARS,
+    MAX_LIST_ITEMS,
+    MAX_STRING_CHARS,
+    MetaValue,
+    validate_fields,
+)
 from service.events import EVENT_TYPE_RE
 
 # Constraints live in the type (not in a validator) so that they appear in the OpenAPI schema: clients and
@@ -160,6 +168,15 @@ MAX_FEATURE_ABS = 1e6
 FeatureValue = Annotated[StrictFloat, Field(ge=-MAX_FEATURE_ABS, le=MAX_FEATURE_ABS)]
 
 
+# The bounds of mrdib/item_meta.validate_fields written as types, so that the schema says what is accepted (the
+# validator below still runs first, for its messages): a field name that is not "id", strings and lists bounded.
+MetaKey = Annotated[str, Field(min_length=1, max_length=MAX_KEY_CHARS, pattern=r"^(?!id$)[A-Za-z_][A-Za-z0-9_\-]*$")]
+MetaString = Annotated[str, Field(max_length=MAX_STRING_CHARS)]
+MetaValueIn = Union[MetaString, int, float, bool, None, Annotated[list[MetaString], Field(max_length=MAX_LIST_ITEMS)]]  # noqa: UP007
+MetaIn = Annotated[dict[MetaKey, MetaValueIn],
+                   Field(max_length=MAX_FIELDS, json_schema_extra={"additionalProperties": False})]
+
+
 class ItemIn(_In):
     """Modality features of a new or changed item: one list of numbers per modality of the served model, each
     exactly that modality's dim long (the served model's modalities and dims are in this schema and in
@@ -167,8 +184,10 @@ class ItemIn(_In):
     not 1.0 and 1.5. The item tower's output must pass the same check as every loaded vector, or the PUT is 422.
     Optionally the item's display fields (`meta`)."""
 
+    model_config = ConfigDict(extra="forbid", regex_engine="python-re")  # MetaKey's pattern has a lookahead
+
     features: dict[str, list[FeatureValue]]
-    meta: MetaOut | None = Field(
+    meta: MetaIn | None = Field(
         default=None,
         description="display fields of the item (title, url, price, ...: strings, numbers, booleans, null or lists "
                     f"of strings; at most {MAX_FIELDS} fields). Replace the catalogue's fields of a known item; "

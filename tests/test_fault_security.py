@@ -444,6 +444,9 @@ def test_allow_header_integral_k_and_modalities_in_the_schema(env):
     assert {m: (p["minItems"], p["maxItems"]) for m, p in features["properties"].items()} == {
         m: (d, d) for m, d in dims.items()}
     assert features["properties"]["text"]["items"]["maximum"] == 1e6
+    # So are the display fields `fields` may ask for (a schema-valid name is one the items have).
+    known = sorted(http.get("/model").json()["item_meta_fields"])
+    assert schema["components"]["schemas"]["RecommendRequest"]["properties"]["fields"]["items"]["enum"] == known
     record("schema_honesty", covers="13.8 Allow, integral k, modalities",
            load="one server",
            faults="OPTIONS and GET on a PUT/DELETE path; k as 553.0, 2.5, true, \"5\"; the schema of features",
