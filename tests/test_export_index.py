@@ -46,10 +46,43 @@ def test_factory_choice_by_catalogue_size() -> None:
     assert choose_factory(EXACT_MAX_ITEMS, 64) == "Flat"
     assert choose_factory(EXACT_MAX_ITEMS + 1, 64) == "HNSW32"
     f = choose_factory(HNSW_MAX_ITEMS + 1, 64)
-    assert f.startswith("IVF") and f.endswith(",PQ32")
+    assert f == f"IVF{int(4 * (HNSW_MAX_ITEMS + 1) ** 0.5)},PQ32x4fs,Refine(SQ8)"  # re-ranked, see test below
+    assert choose_factory(HNSW_MAX_ITEMS + 1, 48) .endswith(",PQ24x4fs,Refine(SQ8)")
     assert default_search_params("HNSW32") == {"efSearch": 128}
-    assert "nprobe" in default_search_params(f)
+    assert set(default_search_params(f)) == {"nprobe", "k_factor_rf"}
     assert default_search_params("Flat") == {}
+
+
+def test_large_catalogue_default_is_tuned_to_the_recall_target_on_held_out_queries(tmp_path: Path) -> None:
+    """The >5M default's structure (IVF + 4-bit fast-scan PQ + SQ8 re-ranking), at test size, on embedding-like
+    vectors (bench/index.py's clustered data, d=64): the exporter picks nprobe and k_factor itself, and the recall
+    it records is met again, through the service's loader, on queries it never saw."""
+    from bench.index import clustered
+
+    items, queries = clustered(20_000, 900, seed=3, n_clusters=200)
+    users, fresh = queries[:600], queries[600:]
+    factory = "IVF128,PQ32x4fs,Refine(SQ8)"  # choose_factory's shape for d=64 (nlist scaled down)
+    built = build_indexes(items, users, tmp_path, factory=factory, k=20, n_queries=300)
+    spec, tuning = built["ip"].spec, built["ip"].tuning
+    assert tuning is not None and tuning.met and tuning.params == spec["search_params"]
+    assert set(spec["search_params"]) == {"nprobe", "k_factor_rf"}
+    assert spec["recall_at_k"] >= 0.95 and spec["recall_at_k"] == round(tuning.recall_heldout, 6)
+    assert len(tuning.tried) > 1 and min(r for _, r, _ in tuning.tried) < 0.95  # the cheap settings do miss
+    m = _manifest(20_000, 64, {k: b.spec for k, b in built.items()})
+    loaded = load_index(tmp_path, "ip", m, use_gpu=False)  # the service's loader applies the tuned params
+    assert index_recall(loaded.index, fresh, items, 20) >= 0.93
+    assert built["cosine"].spec["recall_at_k"] >= 0.95 and built["cosine"].tuning.met
+
+
+def test_tuning_that_cannot_reach_the_target_records_what_it_reaches(tmp_path: Path) -> None:
+    items, users = _vectors(5000, 16), _vectors(300, 16, seed=3)  # iid: no structure, 2-byte codes
+    built = build_indexes(items, users, tmp_path, factory="IVF64,PQ2", k=20, n_queries=150)
+    spec, tuning = built["ip"].spec, built["ip"].tuning
+    assert not tuning.met and spec["recall_at_k"] < 0.95
+    assert spec["search_params"] == max(tuning.tried, key=lambda t: t[1])[0]  # the best it found
+    m = _manifest(5000, 16, {k: b.spec for k, b in built.items()})
+    again = index_recall(load_index(tmp_path, "ip", m, use_gpu=False).index, _vectors(150, 16, seed=8), items, 20)
+    assert abs(again - spec["recall_at_k"]) < 0.1
 
 
 def test_exact_index_equals_numpy_topk(tmp_path: Path) -> None:
