@@ -68,6 +68,25 @@ ensure_redis() {
   return 1
 }
 
+# ensure_redis_tools: redis-server and redis-cli on PATH, for the tests that start their own servers and the Redis
+# Cluster (3 masters joined with `redis-cli --cluster create`), whether or not a Redis already answers. Installs the
+# Debian package redis-server (which brings redis-tools) when one is missing; non-zero with a message otherwise.
+ensure_redis_tools() {
+  if command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; then
+    return 0
+  fi
+  if ! can_be_root; then
+    echo "ci: redis-server / redis-cli are not installed, and the Redis Cluster tests need them. Installing them" \
+      "(apt-get install redis-server) needs root: run .ci/run as root or with password-less sudo, or install" \
+      "redis-server yourself." >&2
+    return 1
+  fi
+  if ! apt_install redis-server redis-tools; then
+    echo "ci: could not install redis-server / redis-tools with apt-get; install them yourself" >&2
+    return 1
+  fi
+}
+
 # ensure_compose: a Compose implementation for the compose test (docker's plugin, else Debian's docker-compose).
 # Never fatal: without one that test skips, and this says why.
 ensure_compose() {

@@ -1,8 +1,8 @@
 """The admin side-index record (PUT /items), shared by the service that writes it and `mrdib retrain` that
 merges it: one format in one place, like the artifact manifest.
 
-Redis keys (under the service's key prefix): ``items:side`` (hash: item id -> record), ``items:deleted``
-(set of hidden ids), ``items:ver`` (change counter). A record is JSON
+Redis keys (under the service's key prefix, one hash slot: mrdib/redis_keys.py): ``{items}:side`` (hash: item
+id -> record), ``{items}:deleted`` (set of hidden ids), ``{items}:ver`` (change counter). A record is JSON
 ``{"features": {modality: [floats]}, "put_at": ISO time, "meta": {field: value}}``: features, not vectors, so
 that every model version embeds them with its own item tower. ``meta`` (optional, the display fields of
 mrdib/item_meta.py) replaces the item's catalogue fields when present; a record without it (also every record
@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from mrdib.item_meta import ItemMetaError, MetaRecord, validate_fields
+from mrdib.redis_keys import KeyLayout
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class SideItem:
 
 def side_item_keys(prefix: str = "") -> tuple[str, str, str]:
     """(side items hash, deleted ids set, change counter) under the service's Redis key prefix."""
-    return f"{prefix}items:side", f"{prefix}items:deleted", f"{prefix}items:ver"
+    return KeyLayout(prefix=prefix).item_keys()
 
 
 def encode_side(item: SideItem) -> str:

@@ -117,10 +117,16 @@ class AppContext:
         limit_faiss_threads(self.settings.faiss_threads)
         log_access_rules(self.settings)
         if self.link is not None and await self.link.probe():
+            item_log = self.store.item_log
+            if not self.link.cluster and isinstance(item_log, RedisItemLog):
+                try:  # the item keys of the layout before hash tags, once
+                    await item_log.migrate_legacy_keys()
+                except REDIS_DOWN as e:
+                    self.link.failed("migrate_item_keys", e)
             try:  # admin item changes made before this worker started: in the first overlay already
                 await self.store.sync_items()
             except REDIS_DOWN as e:
-                self.link.mark_down("sync_items", e)
+                self.link.failed("sync_items", e)
         result = await self.store.refresh()
         if self.store.current is None:
             log.warning("no_model", status=result.status, error=result.error, artifacts=str(self.settings.artifacts))
@@ -130,7 +136,8 @@ class AppContext:
         else:
             m = self.store.current
             log.info("serving", model_version=m.version, onnx_providers=m.providers, faiss_device=m.faiss_device,
-                     redis="disabled" if self.link is None else ("ok" if self.link.up else "degraded"))
+                     redis="disabled" if self.link is None else self.link.status,
+                     redis_mode=self.settings.redis_mode if self.link is not None else None)
         self.tasks = [asyncio.create_task(self.store.poll_forever(), name="model-poll"),
                       asyncio.create_task(self.events.monitor(), name="event-monitor")]
         if self.link is not None:
@@ -143,7 +150,7 @@ class AppContext:
     def _sync_failed(self, e: BaseException) -> None:
         if isinstance(e, REDIS_DOWN):
             if self.link is not None:
-                self.link.mark_down("sync_items", e)
+                self.link.failed("sync_items", e)
         else:
             log.error("item_sync_failed", error=f"{type(e).__name__}: {e}")
 
@@ -374,11 +381,15 @@ def add_routes(app: FastAPI) -> None:
     @app.get("/readyz", response_model=ReadyOut,
              responses={503: {"model": ReadyOut, "description": "no model loaded yet (same body, status no_model)"}})
     async def readyz(ctx: AppContext = Depends(ctx_dep)) -> JSONResponse:
-        """Ready when a model is loaded; Redis state reported, never a reason to be unready."""
+        """Ready when a model is loaded; Redis state reported (ok, degraded = unreachable, error = answering errors,
+        with the message), never a reason to be unready."""
         model = ctx.store.current
-        redis = "disabled" if ctx.link is None else ("ok" if ctx.link.up else "degraded")
+        link = ctx.link
+        redis = "disabled" if link is None else link.status
         body = {"status": "ready" if model else "no_model", "model_version": model.version if model else None,
                 "redis": redis, "event_backlog": ctx.events.backlog}
+        if link is not None and redis != "ok":
+            body["redis_error"] = link.error_message()
         return JSONResponse(body, status_code=200 if model else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(metrics_dep)],

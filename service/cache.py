@@ -2,13 +2,13 @@
 
 Two backends behind one interface:
 
-* `RedisUserState`: the cached state of a user is ONE hash ``uvec:{user}`` with a field per model
+* `RedisUserState`: the cached state of a user is ONE hash ``uvec:<user>`` with a field per model
   version; its value is the float32 vector followed by the recent-event ids it was computed with
   (JSON). A warm request is therefore one HGET, nothing else. The event script (events.py) deletes
   the whole hash, so no version -- also one still served by another worker during a roll-out -- can
-  serve a vector an event made stale; and it increments ``uev:{user}``, which the cache write
+  serve a vector an event made stale; and it increments ``uev:<user>``, which the cache write
   compares (Lua), so a vector computed from state read *before* an event is never cached *after*
-  it. On a miss the recent-event list ``hist:{user}`` and the counter are read in one pipelined
+  it. On a miss the recent-event list ``hist:<user>`` and the counter are read in one pipelined
   round trip. Any Redis failure degrades to the local state (`cached: false`), it never raises.
   In front of Redis sits a small in-process *near cache* of the same values, so that a warm request
   of a user this worker served recently costs no round trip at all (the Redis call was ~half of the
@@ -231,6 +231,7 @@ class RedisUserState(UserStateStore):
         seq = self.near.seq
         try:
             raw = await link.client.hget(link.uvec_key(user), version)
+            link.succeeded("get_user")
             if raw is not None:
                 hit = decode_state(raw, dim)
                 if hit is not None:
@@ -241,7 +242,7 @@ class RedisUserState(UserStateStore):
                 pipe.get(link.uev_key(user))
                 recent, counter = await pipe.execute()
         except REDIS_DOWN as e:
-            link.mark_down("get_user", e)
+            link.failed("get_user", e)
             return UserState(None, self.history.get(user))
         return UserState(None, [r.decode("utf-8", "replace") for r in recent],
                          counter.decode() if counter is not None else "0", seq)
@@ -255,8 +256,9 @@ class RedisUserState(UserStateStore):
             stored = await self._put(keys=[link.uvec_key(user), link.uev_key(user)],
                                      args=[version, encode_state(vector, state.recent), self.ttl_s, state.token])
         except REDIS_DOWN as e:
-            link.mark_down("put_vector", e)
+            link.failed("put_vector", e)
             return
+        link.succeeded("put_vector")
         if stored:
             self.near.put(version, user, vector, state.recent, state.seq)
 
@@ -271,8 +273,9 @@ class RedisUserState(UserStateStore):
             return
         channel = self.link.inval_channel
         while True:
-            pubsub = self.link.client.pubsub(ignore_subscribe_messages=True)
+            pubsub = None
             try:
+                pubsub = await self.link.pubsub()
                 await pubsub.subscribe(channel)
                 self.near.clear(live=True)  # messages may have been missed before this point
                 while True:
@@ -288,6 +291,7 @@ class RedisUserState(UserStateStore):
                 self.near.clear(live=False)
                 log.debug("near_cache_unsubscribed", error=f"{type(e).__name__}: {e}")
             finally:
-                with contextlib.suppress(REDIS_DOWN):
-                    await pubsub.aclose()
+                if pubsub is not None:
+                    with contextlib.suppress(REDIS_DOWN):
+                        await pubsub.aclose()
             await asyncio.sleep(retry_s)

@@ -7,16 +7,22 @@ An accepted event (HTTP 202) is never lost and never duplicated:
   user, entries older than `MRDIB_DEDUPE_TTL_S` dropped) and stops if it is there -- the answer then
   says `duplicate: true`; de-duplication is per (user, event id), so no user can claim another user's
   ids -- (2) takes a token from the user's rate-limit bucket (service/ratelimit.py) and stops, refused,
-  when it is empty, (3) records the id and XADDs the event to the stream the nightly retraining reads,
+  when it is empty, (3) records the id and XADDs the event to the user's shard stream, which the nightly
+  retraining reads,
   (4) LPUSH/LTRIMs the user's recent-event list, (5) deletes the user's cached state of EVERY model
   version (one hash, see cache.py) and bumps the user's event counter, so that a vector computed before
-  the event is not cached after it. The 202 is sent after Redis acknowledged.
+  the event is not cached after it. The 202 is sent after Redis acknowledged. Every key of the script
+  carries the user's shard hash tag (mrdib/redis_keys.py), so it runs on one node of a Redis Cluster as on
+  a single Redis, and a user's events stay in order in one stream.
 * Redis down (or events still waiting in the WAL, to keep the stream in order): the event is
   rate-limited by this process's buckets, appended as one JSON line to the WAL file and fsync'ed before
   the 202 (`duplicate` is then unknown: null).
 * A background task probes Redis and, once it is back, replays the WAL through the same
   script without the rate limit (the events were accepted already; the per-user id check makes a replay
-  after a crash mid-replay harmless), then truncates it.
+  after a crash mid-replay harmless), `MRDIB_EVENT_BATCH_MAX` events per pipelined round trip, then
+  truncates it. A Redis that answers errors (e.g. CROSSSLOT from a cluster the service was not configured
+  for) sends the events to the WAL in the same way; `/readyz` then says ``redis: "error"``
+  (service/redis_link.py).
   An flock on the file serialises appends and replay across worker processes (service/wal.py, shared
   with the admin item changes of items.py).
 
@@ -191,9 +197,11 @@ class EventSink:
             return Recorded("file", None)
         if self.link.up and self.backlog == 0:
             try:
-                return self._answered(event, await self._group.submit(event))
+                answer = self._answered(event, await self._group.submit(event))
+                self.link.succeeded("record_event")
+                return answer
             except REDIS_DOWN as e:
-                self.link.mark_down("record_event", e)
+                self.link.failed("record_event", e)
         async with self._lock:
             # Re-check under the lock: a replay may have drained the backlog while we waited. Without this,
             # events queued behind a replay refill the WAL, so under steady load the service never returned
@@ -203,7 +211,7 @@ class EventSink:
                 try:
                     return self._answered(event, await self._apply(event))
                 except REDIS_DOWN as e:
-                    self.link.mark_down("record_event", e)
+                    self.link.failed("record_event", e)
             self._take_local_token(event)
             await asyncio.to_thread(self.wal.append, event.model_dump_json())
             self.backlog += 1
@@ -237,8 +245,8 @@ class EventSink:
     def _script_args(self, event: Event, limit: bool) -> tuple[list, list]:
         assert self.link is not None
         s, link, user = self.settings, self.link, event.user_id
-        keys = [link.dedupe_key(user), link.rate_key(user), link.stream, link.hist_key(user), link.uvec_key(user),
-                link.uev_key(user)]
+        keys = [link.dedupe_key(user), link.rate_key(user), link.stream_of(user), link.hist_key(user),
+                link.uvec_key(user), link.uev_key(user)]
         args = [event.event_id, s.dedupe_ttl_s * 1000, s.event_rate_per_s if limit else 0, s.event_burst,
                 s.stream_maxlen or "", s.history_cap, s.history_ttl_s, event.item_id, link.inval_channel, user,
                 *event.fields()]
@@ -251,17 +259,14 @@ class EventSink:
         keys, args = self._script_args(event, limit)
         return int(await self._script(keys=keys, args=args))
 
-    async def _apply_many(self, events: list[Event]) -> list[int]:
+    async def _apply_many(self, events: list[Event], limit: bool = True) -> list[int]:
         """`_apply` for a batch, in order, in one pipelined round trip (no MULTI: each script is atomic)."""
         assert self.link is not None and self._script is not None
         self.metrics.event_batch.observe(len(events))
         if len(events) == 1:
-            return [await self._apply(events[0])]
-        async with self.link.client.pipeline(transaction=False) as pipe:
-            for event in events:
-                keys, args = self._script_args(event, limit=True)
-                await self._script(keys=keys, args=args, client=pipe)
-            return [int(r) for r in await pipe.execute()]
+            return [await self._apply(events[0], limit)]
+        script = self._script
+        return [int(r) for r in await self.link.run_scripts([(script, *self._script_args(e, limit)) for e in events])]
 
     async def replay(self) -> int:
         """Push the WAL to Redis; truncate it only after every line went through. Returns lines replayed."""
@@ -271,22 +276,27 @@ class EventSink:
             wal = await asyncio.to_thread(self.wal.locked)
             try:
                 lines = await asyncio.to_thread(wal.lines)
-                done = 0
+                events: list[Event] = []
                 for n, line in enumerate(lines, 1):
                     try:
-                        event = Event.model_validate_json(line)
+                        events.append(Event.model_validate_json(line))
                     except ValidationError as e:
                         # Only a torn last write (never acknowledged) can look like this; keep a copy.
                         log.error("wal_bad_line", file=str(self.wal.path), line=n, error=str(e)[:200])
                         self.metrics.replayed.labels(result="bad_line").inc()
                         await asyncio.to_thread(WalFile(self.wal.path.with_suffix(".rejected")).append, line)
-                        continue
-                    code = await self._apply(event, limit=False)  # raises REDIS_DOWN -> keep the whole file
-                    self.metrics.replayed.labels(result="applied" if code == RECORDED else "duplicate").inc()
-                    done += 1
+                # In file order, `event_batch_max` scripts per pipelined round trip (one event per round trip made a
+                # replay of thousands of events take seconds, during which new events queued behind the lock).
+                done, step = 0, self.settings.event_batch_max
+                for s in range(0, len(events), step):
+                    # REDIS_DOWN propagates -> the whole file is kept (a later replay is harmless: per-user ids)
+                    for code in await self._apply_many(events[s:s + step], limit=False):
+                        self.metrics.replayed.labels(result="applied" if code == RECORDED else "duplicate").inc()
+                        done += 1
                 await asyncio.to_thread(wal.clear)
                 self.backlog = 0
                 self.metrics.event_backlog.set(0)
+                self.link.succeeded("replay", "record_event")
                 if lines:
                     log.info("wal_replayed", events=done, file=str(self.wal.path))
                 return done
@@ -304,7 +314,7 @@ class EventSink:
                     if self.backlog:
                         await self.replay()
             except REDIS_DOWN as e:
-                self.link.mark_down("replay", e)
+                self.link.failed("replay", e)
             except Exception:  # the monitor must survive anything; the error is logged
                 log.exception("event_monitor_failed")
             await asyncio.sleep(self.settings.redis_check_interval_s)

@@ -4,13 +4,15 @@ With ``--workers N`` each worker is its own process with its own overlay; a chan
 the worker that received it would be visible to 1/N of the requests. So with Redis configured the
 change log IS Redis:
 
-* ``items:side``    hash   item id -> JSON ``{"features": {modality: [floats]}, "put_at": ISO time, "meta"?: {...}}``
+* ``{items}:side``    hash   item id -> JSON ``{"features": {modality: [floats]}, "put_at": ISO time, "meta"?: {...}}``
   (the record's format: mrdib/side_items.py, shared with `mrdib retrain`, which merges these items)
-* ``items:deleted`` set    ids hidden from every result
-* ``items:ver``     counter incremented by every change (one Lua script per change: atomic)
+* ``{items}:deleted`` set    ids hidden from every result
+* ``{items}:ver``     counter incremented by every change (one Lua script per change: atomic)
+
+(under the key prefix; one hash tag, so that each script runs on one node of a Redis Cluster: mrdib/redis_keys.py)
 
 Features, not vectors, are stored: every model version embeds them with its own item tower (and caches
-the result per version, see model_store.py). Each worker polls ``items:ver`` (one GET every
+the result per version, see model_store.py). Each worker polls ``{items}:ver`` (one GET every
 ``MRDIB_ITEM_SYNC_INTERVAL_S``) and, when it differs from what it applied, reads the whole log in one
 MULTI (a consistent snapshot) and rebuilds its overlay; the worker that received the change does so at
 once.
@@ -22,7 +24,7 @@ before the answer, service/wal.py) and folded into this worker's overlay at once
 each sync tick and applies it on top of the last Redis snapshot it read, so the host's workers agree
 even during the outage. When Redis is back, the first worker to notice replays the file into Redis (in
 file order, through the same scripts: the last change of an item wins) and truncates it; every worker
-then picks the result up through ``items:ver``, including the workers of other hosts. While the file is
+then picks the result up through ``{items}:ver``, including the workers of other hosts. While the file is
 not empty, a new change is sent to Redis only after the file has been replayed, under its lock, so that
 no later change is overwritten by an older pending one. Replaying the file again (a crash between the
 Redis writes and the truncation) ends in the same state: each script sets the whole state of its item, so
@@ -63,6 +65,21 @@ _DELETE_LUA = """
 local had = redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[1])
 return {had, redis.call('INCR', KEYS[3])}
+"""
+# KEYS: side, deleted, ver (tagged), then the same three before hash tags. Single Redis only (two slots).
+# Returns how many keys were moved, or -1 when both layouts hold keys (then nothing is touched).
+_MIGRATE_LUA = """
+local old, new = 0, 0
+for i = 1, 3 do
+  new = new + redis.call('EXISTS', KEYS[i])
+  old = old + redis.call('EXISTS', KEYS[i + 3])
+end
+if old == 0 then return 0 end
+if new > 0 then return -1 end
+for i = 1, 3 do
+  if redis.call('EXISTS', KEYS[i + 3]) == 1 then redis.call('RENAME', KEYS[i + 3], KEYS[i]) end
+end
+return old
 """
 
 
@@ -221,8 +238,9 @@ class RedisItemLog(ItemChangeLog):
                     try:
                         results = await self._send([*waiting, change])
                     except REDIS_DOWN as e:
-                        self.link.mark_down(f"{change.op}_item", e)
+                        self.link.failed(f"{change.op}_item", e)
                     else:
+                        self.link.succeeded(f"{change.op}_item")
                         # In Redis now, whatever happens next: the file must not replay them over newer changes.
                         if lines:
                             await asyncio.to_thread(self._reject, bad)
@@ -232,7 +250,7 @@ class RedisItemLog(ItemChangeLog):
                         try:
                             self._base = await self.snapshot()
                         except REDIS_DOWN as e:  # sent, but not read back: apply them here; the next sync reads them
-                            self.link.mark_down("item_snapshot", e)
+                            self.link.failed("item_snapshot", e)
                             return replace(fold(self._base, [*waiting, change], ""), pending=0, pending_token=""), had
                         return self._view([]), had
                 had = change.item_id in fold(self._base, waiting, "").side
@@ -252,13 +270,8 @@ class RedisItemLog(ItemChangeLog):
 
     async def _send(self, changes: Sequence[PendingChange]) -> list:
         """Run the change scripts in order, in one pipelined round trip (no MULTI: each script is atomic)."""
-        async with self.link.client.pipeline(transaction=False) as pipe:
-            for c in changes:
-                if c.op == "put":
-                    await self._put(keys=self.keys, args=[c.item_id, c.side], client=pipe)
-                else:
-                    await self._delete(keys=self.keys, args=[c.item_id], client=pipe)
-            return await pipe.execute()
+        return await self.link.run_scripts([(self._put, self.keys, [c.item_id, c.side]) if c.op == "put"
+                                            else (self._delete, self.keys, [c.item_id]) for c in changes])
 
     # --- the pending file ------------------------------------------------------------------------
 
@@ -326,10 +339,24 @@ class RedisItemLog(ItemChangeLog):
                 raw = await self.link.client.get(self.keys[2])
                 if int(raw or 0) != self._base.version:
                     self._base = await self.snapshot()
+                self.link.succeeded("sync_items", "item_snapshot")
             except REDIS_DOWN as e:
-                self.link.mark_down("sync_items", e)
+                self.link.failed("sync_items", e)
         view = self._view(lines)
         return None if view.same_as(seen) else view
+
+    async def migrate_legacy_keys(self) -> int:
+        """Single Redis: move the item keys of the layout before hash tags (``<prefix>items:side`` ...) to their
+        tagged names, once, atomically, when only the old ones exist. Returns the keys moved; logs a warning and
+        moves nothing when both exist (a worker of the old version wrote after a new one started)."""
+        layout = self.link.layout
+        moved = int(await self.link.client.eval(_MIGRATE_LUA, 6, *layout.item_keys(), *layout.legacy_item_keys()))
+        if moved > 0:
+            log.info("item_keys_migrated", keys=moved, to=list(layout.item_keys()))
+        elif moved < 0:
+            log.warning("item_keys_not_migrated", legacy=list(layout.legacy_item_keys()), current=list(self.keys),
+                        reason="both layouts hold keys; the legacy ones are left alone: merge them by hand")
+        return max(moved, 0)
 
     async def snapshot(self) -> ItemChanges:
         """Everything in Redis, read in one MULTI so that the counter matches the contents."""

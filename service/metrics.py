@@ -79,7 +79,12 @@ class Metrics:
         self.replayed = Counter("mrdib_events_replayed_total", "WAL events replayed to Redis", ["result"], registry=r)
         self.redis_up = Gauge("mrdib_redis_up", "1 when Redis answers, 0 when degraded (or not configured)",
                               registry=r, multiprocess_mode="livemin")  # any worker cut off from Redis shows
-        self.redis_errors = Counter("mrdib_redis_errors_total", "Redis operations that failed", ["op"], registry=r)
+        self.redis_errors = Counter("mrdib_redis_errors_total", "Redis operations that failed (unreachable or refused)",
+                                    ["op"], registry=r)
+        self.redis_refused = Counter(
+            "mrdib_redis_refused_total", "Redis operations that Redis answered with an error (CROSSSLOT, OOM, "
+            "WRONGTYPE, ...): reachable but not doing what the service asks; /readyz says error", ["op", "code"],
+            registry=r)
         self.redis_pool_exhausted = Counter(
             "mrdib_redis_pool_exhausted_total", "Redis operations that found no free pooled connection in time "
             "(served locally; Redis is not marked down)", ["op"], registry=r)

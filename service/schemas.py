@@ -233,7 +233,11 @@ class ReadyOut(BaseModel):
 
     status: Literal["ready", "no_model"]
     model_version: str | None
-    redis: Literal["ok", "degraded", "disabled"] = Field(description="disabled: REDIS_URL unset")
+    redis: Literal["ok", "degraded", "error", "disabled"] = Field(
+        description="ok; degraded: unreachable (served locally, events in the WAL); error: reachable but answering "
+                    "errors to some operation (e.g. CROSSSLOT: a cluster with MRDIB_REDIS_MODE=single), handled like "
+                    "degraded; disabled: REDIS_URL unset")
+    redis_error: str | None = Field(default=None, description="while not ok: the operation and Redis's error")
     event_backlog: int = Field(description="accepted events in the local WAL, not yet in Redis")
 
 

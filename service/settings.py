@@ -14,6 +14,8 @@ from typing import Any
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mrdib.redis_keys import DEFAULT_SHARDS, DEFAULT_STREAM, KeyLayout, RedisMode, check_name
+
 # Secrets: each may also be given as a file (`MRDIB_<NAME>_FILE`), never on a command line.
 SECRET_FIELDS = ("admin_token", "events_token", "metrics_token")
 
@@ -35,10 +37,16 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("REDIS_URL", "MRDIB_REDIS_URL"),
-        description="redis://host:port/db; unset = in-process LRU cache + local event file",
+        description="redis://host:port/db (cluster mode: any one node); unset = in-process LRU cache + local event "
+                    "file",
     )
-    redis_key_prefix: str = Field(default="", description="prefix of every Redis key (tests use a unique one)")
-    redis_pool_size: int = Field(default=32, ge=1, description="max connections of the blocking pool")
+    redis_mode: RedisMode = Field(
+        default="single", description="single: one Redis (or a primary behind a proxy/sentinel address); cluster: a "
+                                      "Redis Cluster, REDIS_URL naming any node (the others are discovered)")
+    redis_key_prefix: str = Field(default="", description="prefix of every Redis key (tests use a unique one); no "
+                                                          "braces (mrdib/redis_keys.py)")
+    redis_pool_size: int = Field(default=32, ge=1, description="max connections of the blocking pool (cluster mode: "
+                                                               "per node, and a full pool fails at once)")
     redis_pool_timeout_s: float = Field(default=0.2, gt=0, description="wait for a free pooled connection")
     redis_socket_timeout_s: float = Field(default=0.25, gt=0, description="per-command socket timeout")
     redis_connect_timeout_s: float = Field(default=0.25, gt=0)
@@ -54,8 +62,14 @@ class Settings(BaseSettings):
                                         "(coherent through invalidation messages; this bounds the worst case). "
                                         "0 = every request reads Redis")
     near_cache_size: int = Field(default=10_000, ge=1, description="users kept by each worker's near cache")
-    stream: str = Field(default="mrdib:events", min_length=1, description="Redis stream that receives events")
-    stream_maxlen: int | None = Field(default=None, ge=1, description="approximate XADD MAXLEN; None keeps all")
+    stream: str = Field(default=DEFAULT_STREAM, min_length=1,
+                        description="base name of the event streams: shard s is `<stream>:{u<s>}`; no braces")
+    stream_shards: int = Field(
+        default=DEFAULT_SHARDS, ge=1, le=16384,
+        description="event streams the users are spread over (crc32(user id) % shards); `mrdib retrain` must use "
+                    "the same number. Change it only with the service stopped and the streams drained by a retrain")
+    stream_maxlen: int | None = Field(default=None, ge=1,
+                                      description="approximate XADD MAXLEN per shard stream; None keeps all")
     event_batch_max: int = Field(
         default=256, ge=1, le=10_000, description="most events sent to Redis in one pipelined round trip "
                                                   "(group commit, see service/events.py); 1 = one call each")
@@ -135,6 +149,16 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, v: Any) -> Any:
         """`MRDIB_ADMIN_TOKEN=` (empty) means no token, not a token that an empty bearer would match."""
         return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("redis_key_prefix", "stream")
+    @classmethod
+    def _no_braces(cls, v: str, info) -> str:
+        return check_name(info.field_name.replace("_", " "), v)
+
+    @property
+    def layout(self) -> KeyLayout:
+        """Redis key names (hash-tagged, the same in both modes: mrdib/redis_keys.py)."""
+        return KeyLayout(prefix=self.redis_key_prefix, stream=self.stream, shards=self.stream_shards)
 
     @model_validator(mode="after")
     def _distinct_wal_files(self) -> Settings:

@@ -325,6 +325,108 @@ class PrivateRedis:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class PrivateCluster:
+    """A real Redis Cluster of our own: `masters` redis-server processes with ``--cluster-enabled yes`` on free
+    loopback ports, joined by ``redis-cli --cluster create ... --cluster-replicas 0``. Each node keeps its AOF and
+    nodes.conf in its own folder, so `stop`/`kill` then `start` brings the same node (id, slots, data) back.
+
+    `node_timeout_ms` is short (the default 15 s would keep a test waiting that long before the cluster notices
+    a dead node)."""
+
+    def __init__(self, masters: int = 3, node_timeout_ms: int = 1000, appendfsync: str = "everysec"):
+        self.ports = [self._node_port() for _ in range(masters)]
+        self.dir = Path(tempfile.mkdtemp(prefix="mrdib-cluster-"))
+        self.node_timeout_ms = node_timeout_ms
+        self.appendfsync = appendfsync
+        self.procs: dict[int, subprocess.Popen] = {}
+
+    @staticmethod
+    def _node_port() -> int:
+        """A free port whose cluster-bus port (+10000) is free too, and below 65536."""
+        for _ in range(200):
+            p = free_port()
+            if p + 10000 > 65535:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p + 10000))
+                except OSError:
+                    continue
+            return p
+        raise RuntimeError("no free port pair for a cluster node")
+
+    @property
+    def url(self) -> str:
+        """Any one node: the client discovers the others."""
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self, port: int | None = None) -> None:
+        """Start every node (first time: and create the cluster), or the node on `port` again."""
+        exe = shutil.which("redis-server")
+        if exe is None or shutil.which("redis-cli") is None:
+            raise RuntimeError("redis-server / redis-cli not installed")
+        for p in [port] if port is not None else self.ports:
+            d = self.dir / str(p)
+            d.mkdir(exist_ok=True)
+            self.procs[p] = subprocess.Popen(
+                [exe, "--port", str(p), "--bind", "127.0.0.1", "--dir", str(d), "--cluster-enabled", "yes",
+                 "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", str(self.node_timeout_ms),
+                 "--save", "", "--appendonly", "yes", "--appendfsync", self.appendfsync],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 10
+            while not redis_available(f"redis://127.0.0.1:{p}/0"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"cluster node on port {p} did not start")
+                time.sleep(0.05)
+        if port is None and not (self.dir / str(self.ports[0]) / "created").exists():
+            r = subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+                                "--cluster-replicas", "0", "--cluster-yes"], capture_output=True, text=True, timeout=60)
+            if r.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed: {r.stdout[-1000:]} {r.stderr[-1000:]}")
+            (self.dir / str(self.ports[0]) / "created").touch()
+        self.wait_ok()
+
+    def state(self, port: int) -> str:
+        import redis
+
+        try:
+            info = redis.Redis(port=port, socket_connect_timeout=0.3, socket_timeout=1).cluster("info")
+        except Exception:
+            return "down"
+        return info.get("cluster_state", "?") if isinstance(info, dict) else "?"
+
+    def wait_ok(self, timeout: float = 30) -> None:
+        """Until every node says cluster_state:ok (slots assigned and every master reachable)."""
+        deadline = time.monotonic() + timeout
+        while any(self.state(p) != "ok" for p in self.ports):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cluster not ok: { {p: self.state(p) for p in self.ports} }")
+            time.sleep(0.1)
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one node: no shutdown, no final AOF rewrite (what it acknowledged is in its AOF already)."""
+        proc = self.procs.pop(port)
+        proc.kill()
+        proc.wait()
+
+    def client(self):
+        import redis
+
+        return redis.RedisCluster.from_url(self.url)
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            proc.terminate()
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def wait_for(pred, timeout: float = 5.0, what: str = "condition", poll: float = 0.02) -> None:
     """Poll `pred` until true; AssertionError naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout

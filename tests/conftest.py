@@ -73,3 +73,25 @@ def build_artifact(trained_artifacts) -> Callable[..., str]:
     A factory fixture so that tests can publish several versions mid-test (reload tests); `seed` picks one of
     the two trained models (`seed % 2`), so consecutive seeds give versions that answer differently."""
     return trained_artifacts.publish
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[object]:
+    """A real 3-master Redis Cluster on free loopback ports (tests._service_helpers.PrivateCluster), started once per
+    session. Without redis-server/redis-cli the tests using it skip, unless MRDIB_REQUIRE_REDIS_CLUSTER=1 (set by
+    .ci/run, which installs them): then they fail, so that CI never passes with the cluster untested."""
+    import shutil
+
+    from tests._service_helpers import PrivateCluster
+
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        msg = "redis-server / redis-cli not installed: no Redis Cluster"
+        if os.environ.get("MRDIB_REQUIRE_REDIS_CLUSTER") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    cluster = PrivateCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()

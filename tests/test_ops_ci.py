@@ -141,6 +141,27 @@ esac
     assert not any(c.startswith("apt-get") for c in calls)  # never unprivileged
 
 
+def test_ensure_redis_tools_present_does_nothing(sandbox) -> None:
+    if not (shutil.which("redis-server") and shutil.which("redis-cli")):
+        pytest.skip("no redis-server / redis-cli on this machine")
+    bin_dir, env = sandbox
+    for tool in ("redis-server", "redis-cli"):
+        os.symlink(shutil.which(tool), bin_dir / tool)
+    r = _lib(env, "ensure_redis_tools")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert not Path(env["CALLS"]).exists()
+
+
+def test_ensure_redis_tools_missing_not_root_fails_clearly(sandbox) -> None:
+    """A Redis may answer (REDIS_URL) while redis-server/redis-cli are absent: the cluster tests would then be
+    untestable, so CI stops and says why instead of letting them skip."""
+    _, env = sandbox
+    r = _lib(env, "ensure_redis_tools")
+    assert r.returncode == 1
+    assert "Redis Cluster tests need them" in r.stderr and "needs root" in r.stderr
+    assert not Path(env["CALLS"]).exists()
+
+
 def test_ensure_compose_not_root_skips_with_a_message(sandbox) -> None:
     _, env = sandbox
     r = _lib(env, "ensure_compose")
@@ -179,6 +200,7 @@ def test_ci_run_uses_the_library() -> None:
     text = (REPO / ".ci" / "run").read_text()
     assert ". .ci/lib.sh" in text and 'ensure_redis "$REDIS_URL"' in text and "ensure_compose" in text
     assert "ensure_chromium" in text
+    assert "ensure_redis_tools" in text and "export MRDIB_REQUIRE_REDIS_CLUSTER=1" in text
     assert not re.search(r"^\s*apt-get ", text, re.M), "apt-get only through .ci/lib.sh (root or sudo -n)"
     r = subprocess.run(["bash", "-n", str(REPO / ".ci" / "run")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

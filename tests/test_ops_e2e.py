@@ -4,7 +4,8 @@ service on a loopback port with Redis -> events, a new item (PUT) and a hidden o
 API -> `mrdib retrain` (what compose's `retrain` schedules) consumes the events, merges the new item into
 the catalogue, trains warm-started from the first model, gates, publishes -> the running service switches
 to the new version by itself, which holds the new item (the side index is emptied) and still hides the
-deleted one -> a second `mrdib retrain` has nothing to do.
+deleted one -> a second `mrdib retrain` has nothing to do. Twice: on a single Redis and on a real Redis
+Cluster (3 masters, the session's `redis_cluster`).
 
 The first retraining runs the typer app in-process (no second torch import); the rest are the
 installed entry point. The Redis stream and key prefix are unique per test and deleted afterwards.
@@ -30,6 +31,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from mrdib.artifact import store  # noqa: E402
 from mrdib.cli import app  # noqa: E402
+from mrdib.redis_keys import KeyLayout, sync_client  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -38,19 +40,22 @@ TOKEN = "e2e-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-@pytest.fixture
-def redis_names():
-    """(stream, key prefix), unique to this test; every key under them is deleted afterwards."""
-    client = redis.Redis.from_url(REDIS_URL)
+@pytest.fixture(params=["single", "cluster"])
+def redis_names(request):
+    """(url, mode, stream, key prefix): the Redis at REDIS_URL, or the session's real Redis Cluster; the names are
+    unique to this test and every key under them is deleted afterwards."""
+    mode = request.param
+    url = request.getfixturevalue("redis_cluster").url if mode == "cluster" else REDIS_URL
+    client = sync_client(url, mode)
     try:
         client.ping()
     except redis.exceptions.ConnectionError:
-        pytest.skip(f"no Redis at {REDIS_URL}")
+        pytest.skip(f"no Redis at {url}")
     tag = uuid.uuid4().hex[:12]
     stream, prefix = f"test-ops-e2e:{tag}:events", f"test-ops-e2e:{tag}:"
-    yield stream, prefix
-    keys = [stream, *client.scan_iter(match=f"{prefix}*", count=1000)]
-    client.delete(*keys)
+    yield url, mode, stream, prefix
+    for key in [stream, *client.scan_iter(match=f"{prefix}*", count=1000)]:
+        client.delete(key)  # one by one: in a cluster they live in different slots
     client.close()
 
 
@@ -87,13 +92,13 @@ def test_events_retrain_promote_and_hot_switch(tmp_path: Path, redis_names) -> N
     from tests._service_helpers import ServerThread
     from training.data.load import load_dataset
 
-    stream, prefix = redis_names
+    url, mode, stream, prefix = redis_names
     data, work, root = tmp_path / "data", tmp_path / "work", tmp_path / "artifacts"
     bin_dir = _venv_bin()
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("MRDIB_") and k != "REDIS_URL"}
     env = {**base_env, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "MRDIB_ARTIFACTS": str(root),
-           "MRDIB_DATASET": str(data), "MRDIB_WORK": str(work), "REDIS_URL": REDIS_URL, "MRDIB_STREAM": stream,
-           "MRDIB_DEVICE": "cpu"}  # fmt: skip
+           "MRDIB_DATASET": str(data), "MRDIB_WORK": str(work), "REDIS_URL": url, "MRDIB_REDIS_MODE": mode,
+           "MRDIB_STREAM": stream, "MRDIB_REDIS_KEY_PREFIX": prefix, "MRDIB_DEVICE": "cpu"}  # fmt: skip
 
     # 1. The first model, exactly as compose's trainer makes it (defaults: FREEDOM + MRdIB), on a test budget.
     r = subprocess.run(["sh", str(REPO / "deploy" / "train-and-publish.sh")], cwd=tmp_path, capture_output=True,
@@ -110,7 +115,7 @@ def test_events_retrain_promote_and_hot_switch(tmp_path: Path, redis_names) -> N
     ds = load_dataset(data)
 
     # 2. The real service, on Redis, following `current` every 0.2 s.
-    settings = Settings(artifacts=root, redis_url=REDIS_URL, stream=stream, redis_key_prefix=prefix,
+    settings = Settings(artifacts=root, redis_url=url, redis_mode=mode, stream=stream, redis_key_prefix=prefix,
                         poll_interval_s=0.2, wal_path=tmp_path / "wal.jsonl", cpu_threads=2,
                         admin_token=TOKEN)  # fmt: skip
     with ServerThread(create_app(settings)) as srv, httpx.Client(base_url=srv.url, timeout=15) as http:
@@ -139,12 +144,14 @@ def test_events_retrain_promote_and_hot_switch(tmp_path: Path, redis_names) -> N
             assert r.status_code == 202 and r.json()["durable_in"] == "redis", r.text
 
         # 4. The retraining job consumes them, trains, gates and promotes.
-        out = _cli("retrain", "--artifacts", str(root), "--base", str(data), "--redis-url", REDIS_URL,
-                   "--stream", stream, "--key-prefix", prefix, "--epochs", "2", "--tower-epochs", "5",
-                   "--device", "cpu", "--tolerance", "1.0", "--json")  # fmt: skip
+        out = _cli("retrain", "--artifacts", str(root), "--base", str(data), "--redis-url", url,
+                   "--redis-mode", mode, "--stream", stream, "--key-prefix", prefix, "--epochs", "2",
+                   "--tower-epochs", "5", "--device", "cpu", "--tolerance", "1.0", "--json")  # fmt: skip
         report = json.loads(out)
         assert report["status"] == "promoted", report
         assert report["events"] == len(posted)
+        assert sum(report["streams"].values()) == len(posted)  # from the users' shard streams
+        assert set(report["streams"]) <= set(settings.layout.streams())
         side_report = report["side_items"]
         assert (side_report["added"], side_report["hidden"], side_report["cleared"]) == (1, 1, 1), side_report
         merge = report["merge"]  # the events on the new item are interactions, not unknown items
@@ -158,7 +165,7 @@ def test_events_retrain_promote_and_hot_switch(tmp_path: Path, redis_names) -> N
         assert m1.n_users == ds.n_users + 1 and m1.quality_gate["passed"] is True and m1.mrdib is not None
         assert m1.n_items == ds.n_items + 1 and store.load_artifact(root / v1).item_ids[-1] == sku
         assert list(m1.side_items_merged or {}) == [sku]  # the service serves newer re-PUTs of it from the side
-        assert not redis.Redis.from_url(REDIS_URL).hlen(f"{prefix}items:side")  # merged: side index emptied
+        assert not sync_client(url, mode).hlen(KeyLayout(prefix).item_keys()[0])  # merged: side index emptied
 
         # 5. The running service switches by itself, knows the new user and the new item, still hides the other.
         switch_s = _wait_for_version(http, v1)

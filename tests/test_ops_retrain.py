@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
+from mrdib.redis_keys import KeyLayout
 from tests._service_helpers import free_port
 from training.data.dataset import TEST, TRAIN, VALID, InteractionDataset
 from training.retrain import (
@@ -35,10 +36,12 @@ from training.retrain import (
     merge_side_items,
     read_events,
     read_side_items,
+    read_streams,
     retrain_lock,
     run_retrain,
     save_state,
     side_item_keys,
+    streams_to_read,
     warm_start_state,
     write_mmrec,
 )
@@ -98,15 +101,31 @@ def _tiny_dataset() -> InteractionDataset:
 
 def test_state_roundtrip_and_errors(tmp_path: Path) -> None:
     fresh = load_state(tmp_path, "s1")
-    assert fresh.last_id == "0-0" and fresh.dataset is None
-    save_state(tmp_path, fresh.model_copy(update={"last_id": "17-3", "events_consumed": 5}))
+    assert fresh.cursors == {} and fresh.cursor("s1:{u3}") == "0-0" and fresh.dataset is None
+    save_state(tmp_path, fresh.model_copy(update={"cursors": {"s1:{u3}": "17-3"}, "events_consumed": 5}))
     again = load_state(tmp_path, "s1")
-    assert again.last_id == "17-3" and again.events_consumed == 5
+    assert again.cursor("s1:{u3}") == "17-3" and again.events_consumed == 5 and again.schema_version == 2
     with pytest.raises(RetrainError, match="stream 's1'"):
         load_state(tmp_path, "other-stream")
+    save_state(tmp_path, again.model_copy(update={"cursors": {"s1:{u3}": "17"}}))
+    with pytest.raises(RetrainError, match=r"position '17' of stream 's1:\{u3\}'"):
+        load_state(tmp_path, "s1")
     (tmp_path / "retrain" / "state.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(RetrainError, match=r"state\.json"):
         load_state(tmp_path, "s1")
+
+
+def test_state_of_the_single_stream_layout_is_read_as_its_position_in_that_stream(tmp_path: Path) -> None:
+    """A state.json written before the event streams were sharded (schema 1: one stream, one `last_id`) is the
+    position in the pre-shard stream, which a run still reads first: nothing read twice, nothing skipped."""
+    (tmp_path / "retrain").mkdir()
+    (tmp_path / "retrain" / "state.json").write_text(json.dumps({
+        "schema_version": 1, "stream": "mrdib:events", "last_id": "1700000000000-4", "dataset": "d1",
+        "events_consumed": 12, "runs": 3}), encoding="utf-8")  # fmt: skip
+    state = load_state(tmp_path, "mrdib:events")
+    assert state.cursors == {"mrdib:events": "1700000000000-4"} and state.dataset == "d1" and state.runs == 3
+    assert streams_to_read(KeyLayout(stream="mrdib:events", shards=2), state.cursors) == [
+        "mrdib:events", "mrdib:events:{u0}", "mrdib:events:{u1}"]  # fmt: skip
 
 
 def test_lock_refuses_second_holder(tmp_path: Path) -> None:
@@ -183,6 +202,36 @@ def test_read_events_exactly_once_across_reads(redis_client) -> None:
     assert [sid for sid, _ in second.events] == more
     third = read_events(client, stream, second.last_id)
     assert third.events == [] and third.last_id == second.last_id and not third.lost_before_read
+
+
+def _service_xadd(client, layout: KeyLayout, user: str, item: str) -> str:
+    """Append an event where the service puts it: the user's shard stream."""
+    return _xadd(client, layout.user_stream(user), user, item)
+
+
+def test_read_streams_reads_each_shard_and_the_old_stream_once(redis_client) -> None:
+    client, keys = redis_client
+    base = _stream_key()
+    layout = KeyLayout(stream=base, shards=4)
+    keys += [base, *layout.streams()]
+    old = [_xadd(client, base, "u-old", "i0")]  # written by the service before sharding
+    users = [f"u{k}" for k in range(12)]
+    assert len({layout.shard(u) for u in users}) > 1  # the users really are spread over several streams
+    for k, u in enumerate(users):
+        _service_xadd(client, layout, u, f"i{k}")
+    state: dict[str, str] = {}
+    first = read_streams(client, streams_to_read(layout, state), state, batch=2)
+    assert first.events[0][1].user_id == "u-old" and first.events[0][0] == old[0]
+    assert sorted(e.user_id for _, e in first.events) == sorted(["u-old", *users])
+    assert sum(first.per_stream.values()) == 13 and set(first.cursors) == {base} | set(first.per_stream)
+    more = [("u3", "i9"), ("u7", "i8"), ("u3", "i7")]
+    for u, i in more:
+        _service_xadd(client, layout, u, i)
+    second = read_streams(client, streams_to_read(layout, first.cursors), first.cursors)
+    assert [(e.user_id, e.item_id) for _, e in second.events if e.user_id == "u3"] == [("u3", "i9"), ("u3", "i7")]
+    assert sorted((e.user_id, e.item_id) for _, e in second.events) == sorted(more)  # only the new ones
+    third = read_streams(client, streams_to_read(layout, second.cursors), second.cursors)
+    assert third.events == [] and third.cursors == second.cursors
 
 
 def test_read_events_reports_trimmed_stream(redis_client) -> None:

@@ -24,6 +24,7 @@ import pytest
 import redis
 
 from mrdib.artifact.store import load_artifact
+from mrdib.redis_keys import KeyLayout
 from service.api import create_app
 from service.items import ItemChanges, PendingChange, RedisItemLog, SideItem, decode_side
 from service.metrics import Metrics
@@ -36,6 +37,7 @@ pytestmark = [pytest.mark.redis, pytest.mark.skipif(shutil.which("redis-server")
 TOKEN = "outage-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PREFIX = "ao:"
+SIDE, DELETED, VER = KeyLayout(PREFIX).item_keys()
 
 
 def _settings(root: Path, url: str, wal: Path) -> Settings:
@@ -121,14 +123,14 @@ def test_admin_item_changes_survive_a_redis_outage(tmp_path, build_artifact):
 
             rs.start()  # same port, same AOF directory
             db = redis.Redis.from_url(rs.url)
-            wait_for(lambda: item_wal.exists() and item_wal.read_text() == "" and db.hexists(PREFIX + "items:side",
+            wait_for(lambda: item_wal.exists() and item_wal.read_text() == "" and db.hexists(SIDE,
                                                                                              "fresh-1"),
                      timeout=15, what="the item WAL to be replayed into Redis")
-            side = {k.decode(): decode_side(v) for k, v in db.hgetall(PREFIX + "items:side").items()}
+            side = {k.decode(): decode_side(v) for k, v in db.hgetall(SIDE).items()}
             assert sorted(side) == ["fresh-1", "fresh-3"]
             for m, v in new_1.items():  # the last PUT of fresh-1 won
                 assert np.allclose(side["fresh-1"].features[m], v, atol=1e-6)
-            assert {x.decode() for x in db.smembers(PREFIX + "items:deleted")} == {i0, "before-outage", "fresh-2"}
+            assert {x.decode() for x in db.smembers(DELETED)} == {i0, "before-outage", "fresh-2"}
 
             # The other host's worker now applies them, through Redis only.
             wait_for(lambda: _ids(b, user) == served, timeout=15, what="worker b to apply the replayed changes")
@@ -173,10 +175,10 @@ def test_item_wal_replay_keeps_order_and_sets_a_torn_line_aside(tmp_path):
     try:
         assert asyncio.run(replay()) == 4
         db = redis.Redis.from_url(rs.url)
-        stored = decode_side(db.hget(PREFIX + "items:side", "x"))
+        stored = decode_side(db.hget(SIDE, "x"))
         assert stored.put_at == item.put_at  # the put time of the original request, not of the replay
-        assert {x.decode() for x in db.smembers(PREFIX + "items:deleted")} == {"y"}  # x: deleted, then put again
-        assert int(db.get(PREFIX + "items:ver")) == 4
+        assert {x.decode() for x in db.smembers(DELETED)} == {"y"}  # x: deleted, then put again
+        assert int(db.get(VER)) == 4
         assert wal.read_text() == ""
         assert wal.with_suffix(".rejected").read_text() == lines[-1] + "\n"
     finally:
@@ -215,6 +217,6 @@ def test_change_sent_but_not_read_back_is_not_left_pending(tmp_path: Path) -> No
         assert "from-outage" in changes.side and "some-item" in changes.deleted
         assert wal.read_text() == ""
         db = redis.Redis.from_url(rs.url)
-        assert db.hexists(PREFIX + "items:side", "from-outage") and db.sismember(PREFIX + "items:deleted", "some-item")
+        assert db.hexists(SIDE, "from-outage") and db.sismember(DELETED, "some-item")
     finally:
         rs.close()

@@ -1,4 +1,5 @@
-"""Service routes over real HTTP (uvicorn on a loopback port, lifespan included), embedded mode (no Redis).
+"""Service routes over real HTTP (uvicorn on a loopback port, lifespan included), in embedded mode (no Redis) and
+on a real Redis Cluster (the `client` fixture runs each test in both).
 
 The artifact is the session's trained one (tests/_service_helpers.py); expected answers come from its own data:
 exact search over its vectors, its ONNX user tower, its popularity counts and training histories."""
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 
 from mrdib.artifact.store import LoadedArtifact, load_artifact
+from mrdib.redis_keys import sync_client
 from service.api import create_app
 from service.settings import Settings
 from tests._service_helpers import (
@@ -53,10 +56,26 @@ def served(settings: Settings) -> Iterator[httpx.Client]:
         yield c
 
 
+@pytest.fixture(params=["embedded", "cluster"])
+def client(request, artifact, tmp_path):
+    """The service without Redis (embedded), and on a real 3-master Redis Cluster (the session's `redis_cluster`,
+    under a key prefix of this test's own); `client.mode` says which."""
+    root, _ = artifact
+    extra = {}
+    if request.param == "cluster":
+        extra = dict(redis_url=request.getfixturevalue("redis_cluster").url, redis_mode="cluster",
+                     redis_key_prefix=f"api-{uuid.uuid4().hex[:10]}:", redis_check_interval_s=0.2)
+    with served(_settings(root, tmp_path, **extra)) as c:
+        c.mode = request.param
+        yield c
+
+
 @pytest.fixture()
-def client(artifact, tmp_path):
+def embedded_client(artifact, tmp_path):
+    """Embedded mode only: for input validation, which answers before any Redis is touched."""
     root, _ = artifact
     with served(_settings(root, tmp_path)) as c:
+        c.mode = "embedded"
         yield c
 
 
@@ -74,7 +93,8 @@ def test_health_ready_model_metrics(client, artifact, art):
     _, v = artifact
     assert client.get("/healthz").json() == {"status": "alive"}
     r = client.get("/readyz")
-    assert r.status_code == 200 and r.json()["model_version"] == v and r.json()["redis"] == "disabled"
+    assert r.status_code == 200 and r.json()["model_version"] == v
+    assert r.json()["redis"] == ("disabled" if client.mode == "embedded" else "ok")
     assert client.get("/model").json()["model_version"] == v
     m = client.get("/admin/model", headers=AUTH).json()
     assert m["model_version"] == v and m["components"] == art.manifest.components == COMPONENTS
@@ -169,15 +189,20 @@ def test_event_changes_next_recommendation(client, art, tmp_path):
     clicked = [art.item_ids[r] for r in far]
     for item in clicked:
         r = client.post("/events", json={"user_id": user, "item_id": item, "type": "click"})
-        assert r.status_code == 202 and r.json()["durable_in"] == "file"
+        assert r.status_code == 202 and r.json()["durable_in"] == ("file" if client.mode == "embedded" else "redis")
     after = client.post("/recommend", json={"user_id": user, "k": 10}).json()
     assert after["cached"] is False and after["source"] == "user"
     # The user tower over the events (most recent first), then the training history.
     hist_rows = far[::-1] + seen
     assert_topk(after["items"], art, user_tower_vector(art, hist_rows), hist_rows, 10)
     assert after["items"] != before["items"]
-    lines = (tmp_path / "events.jsonl").read_text().splitlines()
-    assert [json.loads(x)["item_id"] for x in lines] == clicked
+    if client.mode == "embedded":
+        lines = (tmp_path / "events.jsonl").read_text().splitlines()
+        assert [json.loads(x)["item_id"] for x in lines] == clicked
+    else:  # in the user's shard stream, in order
+        settings = client.app.state.ctx.settings
+        entries = sync_client(settings.redis_url, "cluster").xrange(settings.layout.user_stream(user))
+        assert [f[b"item_id"].decode() for _, f in entries] == clicked
 
 
 def test_similar_items(client, art):
@@ -281,7 +306,8 @@ def test_put_and_delete_items(client, art):
          422, "features"),
     ],
 )
-def test_bad_input_gets_4xx_with_message(client, method, path, kwargs, status, needle):
+def test_bad_input_gets_4xx_with_message(embedded_client, method, path, kwargs, status, needle):
+    client = embedded_client
     r = getattr(client, method)(path, **kwargs) if method != "delete" else client.delete(path, **kwargs)
     if status is None:
         assert 400 <= r.status_code < 500, r.text
@@ -291,7 +317,9 @@ def test_bad_input_gets_4xx_with_message(client, method, path, kwargs, status, n
     assert isinstance(detail, str) and needle in detail
 
 
-def test_chunked_oversized_body_gets_413(client):
+def test_chunked_oversized_body_gets_413(embedded_client):
+    client = embedded_client
+
     def gen():
         for _ in range(20):
             yield b" " * 1024

@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from mrdib.artifact.store import load_artifact
+from mrdib.redis_keys import KeyLayout
 from service.api import create_app
 from service.settings import Settings
 from tests._service_helpers import PrivateRedis, ServerThread, assert_topk, user_tower_vector
@@ -34,7 +35,8 @@ def wait_for(pred, timeout: float = 10.0, what: str = "condition"):
 
 
 def stream_ids(r: redis.Redis, stream: str) -> list[str]:
-    return [f[b"event_id"].decode() for _, f in r.xrange(stream)]
+    """Event ids in every shard stream of the base name `stream`."""
+    return [f[b"event_id"].decode() for key in KeyLayout("t:", stream).streams() for _, f in r.xrange(key)]
 
 
 def test_redis_outage_and_recovery(tmp_path, build_artifact):
@@ -93,7 +95,7 @@ def test_redis_outage_and_recovery(tmp_path, build_artifact):
             assert wal.read_text() == ""
             r = redis.Redis.from_url(rs.url)
             assert sorted(stream_ids(r, "t:events")) == sorted(accepted)  # none lost, none duplicated
-            assert r.lrange(f"t:hist:{u2}", 0, -1) == [i.encode() for i in reversed(clicked)]
+            assert r.lrange(KeyLayout("t:").user_key("hist", u2), 0, -1) == [i.encode() for i in reversed(clicked)]
             assert post_event(u3, art.item_ids[3]) == "redis"
 
             # A crash after replay but before truncation leaves replayed lines in the WAL: replaying them

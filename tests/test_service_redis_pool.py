@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from mrdib.artifact.store import load_artifact
+from mrdib.redis_keys import KeyLayout
 from service.api import create_app
 from service.settings import Settings
 from tests._service_helpers import PrivateRedis, ServerThread, redis_available
@@ -62,7 +63,7 @@ def test_cache_miss_then_hit_both_counted(tmp_path, build_artifact, mode):
             assert (_metric(text, miss), _metric(text, hit)) == (1, 1)
             if mode == "redis":  # the cached vector really is in Redis, under this model version
                 r = redis.Redis.from_url(URL)
-                assert r.hexists(f"{prefix}uvec:{user}", first["model_version"])
+                assert r.hexists(KeyLayout(prefix).user_key("uvec", user), first["model_version"])
     finally:
         if mode == "redis" and redis_available(URL):
             r = redis.Redis.from_url(URL)
@@ -121,7 +122,7 @@ def test_burst_larger_than_the_pool_is_served_and_not_degraded(tmp_path, build_a
             assert elapsed < 10
             # Still using Redis afterwards: miss then hit for a fresh user.
             fresh = users[-1]
-            admin.delete(f"bp:uvec:{fresh}")
+            admin.delete(KeyLayout("bp:").user_key("uvec", fresh))
             cached = [http.post("/recommend", json={"user_id": fresh}).json()["cached"] for _ in range(2)]
             assert cached == [False, True]
     finally:

@@ -25,7 +25,8 @@ from tests._service_helpers import item_features
 ENV = ("REDIS_URL", "MRDIB_REDIS_URL", "MRDIB_ARTIFACTS", "MRDIB_USER_VECTOR_TTL_S", "MRDIB_ADMIN_TOKEN",
        "MRDIB_ADMIN_TOKEN_FILE", "MRDIB_EVENTS_TOKEN", "MRDIB_EVENTS_TOKEN_FILE", "MRDIB_METRICS_TOKEN",
        "MRDIB_CPU_THREADS", "MRDIB_ORT_INTRA_THREADS", "MRDIB_FAISS_THREADS", "MRDIB_POLL_INTERVAL_S",
-       "MRDIB_REDIS_POOL_SIZE", "MRDIB_REDIS_POOL_TIMEOUT_S", "MRDIB_ITEM_WAL_PATH", "MRDIB_WAL_PATH")
+       "MRDIB_REDIS_POOL_SIZE", "MRDIB_REDIS_POOL_TIMEOUT_S", "MRDIB_ITEM_WAL_PATH", "MRDIB_WAL_PATH",
+       "MRDIB_REDIS_MODE", "MRDIB_STREAM_SHARDS", "MRDIB_STREAM", "MRDIB_REDIS_KEY_PREFIX")
 
 
 @pytest.fixture()
@@ -111,7 +112,9 @@ def test_defaults_and_alias(env):
 
 @pytest.mark.parametrize(("name", "value"), [("MRDIB_CPU_THREADS", "0"), ("MRDIB_FAISS_THREADS", "many"),
                                              ("MRDIB_USER_VECTOR_TTL_S", "-5"), ("MRDIB_POLL_INTERVAL_S", "-1"),
-                                             ("MRDIB_REDIS_POOL_SIZE", "0")])
+                                             ("MRDIB_REDIS_POOL_SIZE", "0"), ("MRDIB_REDIS_MODE", "sentinel"),
+                                             ("MRDIB_STREAM_SHARDS", "0"), ("MRDIB_STREAM", "ev{x}"),
+                                             ("MRDIB_REDIS_KEY_PREFIX", "app{1}:")])
 def test_a_bad_variable_is_refused_naming_it(env, name, value):
     env.setenv(name, value)
     with pytest.raises(ValidationError) as e:
@@ -133,6 +136,22 @@ def test_redis_pool_is_bounded_blocking_with_short_timeouts():
     d = Settings()
     assert max(d.redis_pool_timeout_s, d.redis_socket_timeout_s, d.redis_connect_timeout_s) <= 0.5
     assert d.redis_pool_size >= 1
+
+
+def test_cluster_mode_builds_a_cluster_client_with_the_same_layout(env):
+    """MRDIB_REDIS_MODE=cluster: redis-py's RedisCluster from any node's URL (nothing connected yet), at most
+    MRDIB_REDIS_POOL_SIZE connections per node; the key layout is the one of single mode."""
+    from redis.asyncio.cluster import RedisCluster
+
+    env.setenv("MRDIB_REDIS_MODE", "cluster")
+    env.setenv("REDIS_URL", "redis://10.0.0.7:7000/0")
+    env.setenv("MRDIB_STREAM_SHARDS", "64")
+    s = Settings()
+    link = RedisLink(s, Metrics())
+    assert isinstance(link.client, RedisCluster) and link.cluster and link.pool is None
+    assert link.client.nodes_manager.startup_nodes.keys() == {"10.0.0.7:7000"}
+    assert s.layout.shards == 64 and s.layout == Settings(redis_mode="single", stream_shards=64).layout
+    assert link.stream_of("alice") == f"mrdib:events:{{u{s.layout.shard('alice')}}}"
 
 
 def _fresh_thread_default() -> int:

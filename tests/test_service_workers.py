@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from mrdib.artifact.store import load_artifact
+from mrdib.redis_keys import KeyLayout
 from service.api import create_app
 from service.cache import LocalHistory, RedisUserState
 from service.metrics import Metrics
@@ -97,11 +98,11 @@ def test_event_invalidates_every_versions_cache(tmp_path, prefix, build_artifact
             second = http.post("/recommend", json={"user_id": u3}).json()
             assert second["cached"] is True and second["model_version"] == v and second["source"] == "user"
         raw = redis.Redis.from_url(URL)
-        assert set(raw.hkeys(f"{prefix}uvec:{u3}")) == {v1.encode(), v2.encode()}
+        assert set(raw.hkeys(KeyLayout(prefix).user_key("uvec", u3))) == {v1.encode(), v2.encode()}
 
         assert a.post("/events", json={"user_id": u3, "item_id": i1, "type": "click"}).json()["durable_in"] == \
             "redis"
-        assert raw.exists(f"{prefix}uvec:{u3}") == 0  # both versions' entries, not only the one a serves
+        assert raw.exists(KeyLayout(prefix).user_key("uvec", u3)) == 0  # both versions, not only the one a serves
         after_a = a.post("/recommend", json={"user_id": u3}).json()
         assert after_a["cached"] is False  # the receiving worker: never stale after the 202
         # The other worker drops its near-cache copy on the invalidation message (asynchronous, ~ms).

@@ -3,9 +3,12 @@ into the data, retrain, and promote the new model only when it is not worse than
 
 One run, under an exclusive file lock (a second concurrent run exits 75 at once)::
 
-    state = ROOT/retrain/state.json          stream position + the dataset the last run produced
-    events = XRANGE stream (state.last_id, end]   end = the stream's last id when the run starts
-    side = HGETALL {prefix}items:side        items PUT through the API (service/items.py), not yet trained on
+    state = ROOT/retrain/state.json          position in each event stream + the dataset the last run produced
+    events = XRANGE s (state.cursors[s], end_s] for every stream s: the shards <stream>:{u0} ... (the service
+                                             spreads users over them, mrdib/redis_keys.py), and first the
+                                             pre-shard stream <stream> itself (what an older service wrote);
+                                             end_s = the stream's last id when the run starts
+    side = HGETALL {prefix}{items}:side      items PUT through the API (service/items.py), not yet trained on
     no events, no side items (and a model is published)   -> exit 0, nothing written
     dataset + side items                     new ids appended as item rows with their modality features,
                                              known ids get their features replaced (a changed item)
@@ -26,8 +29,8 @@ One run, under an exclusive file lock (a second concurrent run exits 75 at once)
             root of its own, for inspection or `mrdib serve`)             exit 3
     commit state.json (atomic rename) = the events are now part of the data, whatever the gate said
 
-Exactly once: the stream position and the dataset that contains those events are committed
-together, in one atomic write, after the merged dataset is complete. A crash before the commit
+Exactly once: the stream positions (one cursor per stream) and the dataset that contains those events are
+committed together, in one atomic write, after the merged dataset is complete. A crash before the commit
 leaves the old state, so the next run merges the very same events into the very same dataset
 again (the split is seeded by the run's position, so it is reproducible); a crash after it has
 nothing left to redo. The events of a failed gate stay in the data: they are real interactions,
@@ -42,6 +45,9 @@ retraining never touches it.
 
 Exit status: 0 promoted or nothing to do, 2 bad input (dataset, state file, arguments),
 3 quality gate failed, 69 Redis unreachable, 75 another run holds the lock.
+
+Redis: a single server or a Redis Cluster (`--redis-mode cluster`, `--redis-url` naming any node), with the
+service's `MRDIB_STREAM_SHARDS`; every key the run touches is one of the service's (mrdib/redis_keys.py).
 """
 
 from __future__ import annotations
@@ -64,11 +70,12 @@ from typing import Any
 import numpy as np
 import structlog
 import typer
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mrdib import exits
 from mrdib.artifact.store import atomic_write_text
 from mrdib.item_meta import ITEM_META_FILE, write_item_meta
+from mrdib.redis_keys import DEFAULT_SHARDS, DEFAULT_STREAM, KeyLayout, RedisMode, sync_client
 from mrdib.side_items import decode_side, side_item_keys
 from training.data.dataset import TRAIN, VALID, DataError, InteractionDataset
 
@@ -82,7 +89,6 @@ DATASETS_DIR = "datasets"
 CHECKPOINTS_DIR = "checkpoints"
 REJECTED_DIR = "rejected"
 STREAM_START = "0-0"
-DEFAULT_STREAM = "mrdib:events"  # service.settings.Settings.stream
 LOGGER = "mrdib.retrain"
 _STREAM_ID_RE = re.compile(r"^\d+-\d+$")
 # Characters an id may not hold: they would break the tab-separated MMRec files.
@@ -102,18 +108,34 @@ class LockedError(Exception):
 
 
 class RetrainState(BaseModel):
-    """What survives between runs. Written only by `save_state`, atomically."""
+    """What survives between runs. Written only by `save_state`, atomically.
+
+    Schema 2 keeps one position per stream key (`cursors`); a schema-1 file (one stream, `last_id`) is read
+    as the position in that stream, which is the pre-shard stream the new layout still reads first."""
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: int = 1
+    schema_version: int = 2
     stream: str
-    last_id: str = STREAM_START
+    cursors: dict[str, str] = Field(default_factory=dict, description="stream key -> last consumed id")
     dataset: str | None = Field(default=None, description="folder under retrain/datasets holding all merged events")
     events_consumed: int = 0
     runs: int = 0
     updated_at: datetime | None = None
     last_run: dict[str, Any] = Field(default_factory=dict)
+
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_schema_1(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("schema_version", 1) == 1 and "last_id" in data:
+            last = data["last_id"]
+            data = {k: v for k, v in data.items() if k != "last_id"}
+            data.update(schema_version=2, cursors={data["stream"]: last} if "stream" in data else {})
+        return data
+
+    def cursor(self, stream: str) -> str:
+        return self.cursors.get(stream, STREAM_START)
 
 
 def retrain_dir(root: Path) -> Path:
@@ -137,11 +159,12 @@ def load_state(root: Path, stream: str) -> RetrainState:
         raise RetrainError(f"{path}: invalid retraining state: {e}") from e
     if state.stream != stream:
         raise RetrainError(
-            f"{path}: records position {state.last_id} of stream {state.stream!r}, but this run reads "
-            f"{stream!r}; move the file away to start over from the stream's beginning"
+            f"{path}: records positions in the event stream {state.stream!r} (and its shards), but this run reads "
+            f"{stream!r}; move the file away to start over from the streams' beginning"
         )
-    if not _STREAM_ID_RE.match(state.last_id):
-        raise RetrainError(f"{path}: last_id {state.last_id!r} is not a stream id like 1700000000000-0")
+    for key, last in state.cursors.items():
+        if not _STREAM_ID_RE.match(last):
+            raise RetrainError(f"{path}: position {last!r} of stream {key!r} is not a stream id like 1700000000000-0")
     return state
 
 
@@ -196,13 +219,16 @@ class StreamEvent(BaseModel):
 
 @dataclass
 class EventBatch:
-    """Events after a position, up to the stream's end when the read started."""
+    """Events after a position, up to the stream's end when the read started (one stream, or several: then
+    `last_id` is unused and `cursors` holds each stream's new position)."""
 
     events: list[tuple[str, StreamEvent]]  # (stream id, event)
     last_id: str  # position to store once these are merged (unchanged when there were none)
     malformed: int = 0
     lost_before_read: bool = False  # the stream was trimmed past our position: events were lost
     warnings: list[str] = field(default_factory=list)
+    cursors: dict[str, str] = field(default_factory=dict)  # stream key -> position (read_streams)
+    per_stream: dict[str, int] = field(default_factory=dict)  # stream key -> entries read (read_streams)
 
 
 def _decode(v: Any) -> str:
@@ -258,6 +284,30 @@ def read_events(client: Any, stream: str, after: str, batch: int = 5000) -> Even
     return result
 
 
+def streams_to_read(layout: KeyLayout, cursors: dict[str, str]) -> list[str]:
+    """The pre-shard stream first (older events), then every shard in order, then streams the state knows that
+    the current shard count no longer names (a shrunk `MRDIB_STREAM_SHARDS`: their tails are still read)."""
+    keys = [layout.legacy_stream, *layout.streams()]
+    return keys + sorted(k for k in cursors if k not in keys)
+
+
+def read_streams(client: Any, streams: Sequence[str], cursors: dict[str, str], batch: int = 5000) -> EventBatch:
+    """`read_events` over each stream from its own cursor; a user's events are in one stream, in order, so the
+    concatenation keeps every user's order. Streams that do not exist cost one XREVRANGE each."""
+    out = EventBatch(events=[], last_id=STREAM_START, cursors=dict(cursors))
+    for key in streams:
+        one = read_events(client, key, cursors.get(key, STREAM_START), batch)
+        out.events += one.events
+        out.malformed += one.malformed
+        out.lost_before_read |= one.lost_before_read
+        out.warnings += one.warnings
+        if one.last_id != STREAM_START or key in cursors:
+            out.cursors[key] = one.last_id
+        if one.events or one.malformed:
+            out.per_stream[key] = len(one.events) + one.malformed
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------
 # Merge
 
@@ -276,9 +326,11 @@ class MergeReport(BaseModel):
     new_by_split: dict[str, int] = Field(default_factory=dict)
 
 
-def split_seed(last_id: str) -> int:
-    """Seed of a run's split, derived from the position it ends at: re-running the same merge
+def split_seed(last_id: str | dict[str, str]) -> int:
+    """Seed of a run's split, derived from the position(s) it ends at: re-running the same merge
     (after a crash before the state commit) reproduces the same dataset."""
+    if isinstance(last_id, dict):
+        return sum(split_seed(v) for v in last_id.values()) % (2**63)
     ms, seq = _id_tuple(last_id) if _STREAM_ID_RE.match(last_id) else (0, 0)
     return (ms * 1_000_003 + seq) % (2**63)
 
@@ -762,7 +814,9 @@ class RetrainSettings(BaseModel):
     artifacts: Path
     base: Path
     redis_url: str
+    redis_mode: RedisMode = Field("single", description="single Redis or Redis Cluster (MRDIB_REDIS_MODE)")
     stream: str = DEFAULT_STREAM
+    shards: int = Field(DEFAULT_SHARDS, ge=1, le=16384, description="the service's MRDIB_STREAM_SHARDS")
     key_prefix: str = Field("", description="prefix of the service's Redis keys (MRDIB_REDIS_KEY_PREFIX)")
     side_items: bool = Field(True, description="merge the items PUT through the API into the catalogue")
     tolerance: float = Field(0.01, ge=0.0, le=1.0)
@@ -779,6 +833,15 @@ class RetrainSettings(BaseModel):
     keep_datasets: int = Field(3, ge=1)
     work: Path | None = None
 
+    @model_validator(mode="after")
+    def _valid_names(self) -> RetrainSettings:
+        self.layout  # noqa: B018 (raises ValueError naming a brace in the prefix or stream)
+        return self
+
+    @property
+    def layout(self) -> KeyLayout:
+        return KeyLayout(prefix=self.key_prefix, stream=self.stream, shards=self.shards)
+
 
 @dataclass
 class RunReport:
@@ -790,7 +853,10 @@ class RunReport:
         d = self.details
         out = [f"retrain: {self.status}"]
         if "events" in d:
-            out.append(f"  events read: {d['events']} (malformed {d.get('malformed', 0)}), position {d.get('last_id')}")
+            per = d.get("streams") or {}
+            where = ", ".join(f"{k}: {n}" for k, n in per.items()) if per else "none new"
+            out.append(f"  events read: {d['events']} (malformed {d.get('malformed', 0)}) from {len(per)} stream(s) "
+                       f"({where})")
         if "side_items" in d:
             s = d["side_items"]
             out.append(
@@ -901,13 +967,11 @@ def run_retrain(settings: RetrainSettings, client: Any | None = None) -> RunRepo
         rdir = retrain_dir(root)
         current = store.load_current(root, verify=False)
         if client is None:
-            import redis
-
-            client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=60)
-        batch = read_events(client, settings.stream, state.last_id)
+            client = sync_client(settings.redis_url, settings.redis_mode, socket_connect_timeout=5, socket_timeout=60)
+        batch = read_streams(client, streams_to_read(settings.layout, state.cursors), state.cursors)
         side = read_side_items(client, settings.key_prefix) if settings.side_items else SideSnapshot()
         details: dict[str, Any] = {"events": len(batch.events), "malformed": batch.malformed,
-                                   "last_id": batch.last_id, "warnings": list(batch.warnings)}
+                                   "streams": batch.per_stream, "warnings": list(batch.warnings)}
         details["warnings"] += [f"side item {k!r} left alone: {v}" for k, v in sorted(side.unreadable.items())]
         if not batch.events and batch.malformed == 0 and not side.items and current is not None and not settings.force:
             return RunReport("nothing-to-do", EXIT_OK, details)
@@ -925,23 +989,23 @@ def run_retrain(settings: RetrainSettings, client: Any | None = None) -> RunRepo
         ds, side_report, side_merged, side_warnings = merge_side_items(ds, side.items.values())
         side_report.unreadable, side_report.hidden = len(side.unreadable), len(side.deleted)
         details["warnings"] += side_warnings
-        merged, merge = merge_events(ds, [e for _, e in batch.events], split_seed(batch.last_id),
+        merged, merge = merge_events(ds, [e for _, e in batch.events], split_seed(batch.cursors),
                                      settings.event_types or None)
         details["side_items"] = side_report.model_dump()
         details["merge"] = merge.model_dump()
         new_state = state.model_copy(update={
-            "last_id": batch.last_id, "events_consumed": state.events_consumed + len(batch.events),
+            "cursors": batch.cursors, "events_consumed": state.events_consumed + len(batch.events),
             "runs": state.runs + 1, "updated_at": datetime.now(UTC)})  # fmt: skip
         data_changed = bool(merge.added or side_report.added or side_report.updated)
         if not data_changed and current is not None and not settings.force:
             # Nothing new to learn from. Events were read: move the position, keep the data. Only side items
             # already in the data (a failed gate's): write nothing at all.
-            if batch.last_id != state.last_id or batch.malformed:
+            if batch.cursors != state.cursors or batch.malformed:
                 new_state.last_run = {"status": "nothing-to-do", **details}
                 save_state(root, new_state)
             return RunReport("nothing-to-do", EXIT_OK, details)
 
-        run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{batch.last_id}"
+        run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{split_seed(batch.cursors):x}"
         data_dir = source
         if data_changed:
             data_dir = write_mmrec(merged, rdir / DATASETS_DIR / run_id)
@@ -1034,8 +1098,13 @@ def retrain_command(
     base: Path = typer.Option(Path("/data/dataset"), "--base", envvar="MRDIB_DATASET",
                               help="Base MMRec dataset, used until a run has produced a merged one."),
     redis_url: str = typer.Option("redis://127.0.0.1:6379/0", "--redis-url", envvar="REDIS_URL",
-                                  help="Redis holding the event stream and the API-added items."),
-    stream: str = typer.Option(DEFAULT_STREAM, "--stream", envvar="MRDIB_STREAM", help="Event stream key."),
+                                  help="Redis holding the event streams and the API-added items (cluster: any node)."),
+    redis_mode: str = typer.Option("single", "--redis-mode", envvar="MRDIB_REDIS_MODE",
+                                   help="single | cluster (as the service's MRDIB_REDIS_MODE)."),
+    stream: str = typer.Option(DEFAULT_STREAM, "--stream", envvar="MRDIB_STREAM",
+                               help="Base name of the event streams (as the service's MRDIB_STREAM)."),
+    shards: int = typer.Option(DEFAULT_SHARDS, "--stream-shards", envvar="MRDIB_STREAM_SHARDS",
+                               help="Event streams the service spreads users over (its MRDIB_STREAM_SHARDS)."),
     key_prefix: str = typer.Option("", "--key-prefix", envvar="MRDIB_REDIS_KEY_PREFIX",
                                    help="Prefix of the service's Redis keys (where PUT /items are kept).",
                                    show_default="none"),
@@ -1070,7 +1139,8 @@ def retrain_command(
     configure_logging()  # the gate decision (and redis-py's complaints) as JSON lines on stderr
     try:
         settings = RetrainSettings(
-            artifacts=artifacts, base=base, redis_url=redis_url, stream=stream, key_prefix=key_prefix,
+            artifacts=artifacts, base=base, redis_url=redis_url, redis_mode=redis_mode, stream=stream, shards=shards,
+            key_prefix=key_prefix,
             side_items=side_items, tolerance=tolerance, metric=metric,
             event_types=[t.strip() for t in event_types.split(",") if t.strip()], backbone=backbone, mrdib=mrdib,
             epochs=epochs, tower_epochs=tower_epochs, keep_versions=keep, device=device, warm_start=warm_start,
@@ -1089,8 +1159,10 @@ def retrain_command(
     except (RetrainError, DataError) as e:
         typer.echo(f"retrain: {e}", err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
-        typer.echo(f"retrain: Redis unreachable at {settings.redis_url}: {e}", err=True)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ClusterDownError,
+            redis.exceptions.RedisClusterException) as e:
+        typer.echo(f"retrain: Redis unreachable at {settings.redis_url} ({settings.redis_mode}): "
+                   f"{type(e).__name__}: {e}", err=True)
         raise typer.Exit(EXIT_UNAVAILABLE) from None
     if as_json:
         typer.echo(json.dumps({"status": report.status, **report.details}, indent=2, default=str))
