@@ -20,6 +20,7 @@ from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi_offline import FastAPIOffline
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mrdib.item_meta import select_fields
@@ -57,6 +58,8 @@ from service.schemas import (
     ModelOut,
     ModelSummary,
     ReadyOut,
+    RecommendBatchRequest,
+    RecommendBatchResponse,
     RecommendRequest,
     RecommendResponse,
     ReloadOut,
@@ -246,6 +249,67 @@ def _json(body: dict) -> Response:
                     media_type="application/json")
 
 
+def _over_limits(body: RecommendRequest, settings: Settings) -> str | None:
+    """Why a /recommend body exceeds the configured input bounds (a 422 message), or None."""
+    if len(body.history) > settings.max_request_history:
+        return f"history has {len(body.history)} items; at most {settings.max_request_history} are accepted"
+    if len(body.exclude) > settings.max_exclude:
+        return f"exclude has {len(body.exclude)} items; at most {settings.max_exclude}"
+    return None
+
+
+def _query(body: RecommendRequest) -> recommender.Query:
+    return recommender.Query(body.user_id, body.history, body.k, body.exclude_seen, body.exclude, body.explain)
+
+
+def _answer(r: recommender.Result, model: ServingModel, fields: list[str]) -> dict:
+    """RecommendResponse's fields but model_version; display `fields` as each item's `meta` when asked."""
+    items = _items(r.items)
+    if fields:
+        meta.add_meta(items, model, model.overlay, fields)
+    return {"items": items, "source": r.source, "cached": r.cached, "unknown_items": r.unknown_items}
+
+
+def _batch_error(status: int, detail: str, errors: list[str] | None = None) -> dict:
+    err: dict = {"status": status, "detail": detail}
+    if errors is not None:
+        err["errors"] = errors
+    return {"error": err}
+
+
+async def _answer_batch(ctx: AppContext, model: ServingModel, reqs: list[RecommendRequest]) -> list[dict]:
+    """The batched answers; if the batched computation fails, each request alone, so that only the one that fails
+    gets its error in its place (503 for a model output that cannot be served, else 500; logged, no details
+    leak)."""
+    if not reqs:
+        return []
+    try:
+        answers = await recommender.recommend_batch([_query(r) for r in reqs], model, ctx.state, ctx.pool,
+                                                    ctx.metrics)
+        return [_unservable(ctx, a) if isinstance(a, UnservableOutput) else _answer(a, model, r.fields)
+                for a, r in zip(answers, reqs, strict=True)]
+    except Exception as e:
+        log.error("batch_failed", error=f"{type(e).__name__}: {e}", size=len(reqs), exc_info=e,
+                  fallback="each request alone")
+    out = []
+    for r in reqs:
+        try:
+            out.append(_answer(await recommender.recommend(_query(r), model, ctx.state, ctx.pool, ctx.metrics),
+                               model, r.fields))
+        except UnservableOutput as e:
+            out.append(_unservable(ctx, e))
+        except Exception as e:
+            log.error("batch_item_failed", error=f"{type(e).__name__}: {e}", user_id=r.user_id, exc_info=e)
+            out.append(_batch_error(500, "internal server error"))
+    return out
+
+
+def _unservable(ctx: AppContext, e: UnservableOutput) -> dict:
+    log.error("unservable_output", path="/recommend/batch", model_version=e.version, error=str(e))
+    ctx.metrics.unservable.inc()
+    return _batch_error(503, str(e))
+
+
 # --- routes ------------------------------------------------------------------------------------
 
 def add_routes(app: FastAPI) -> None:
@@ -255,21 +319,50 @@ def add_routes(app: FastAPI) -> None:
         # No Depends here: this is the hot route, and dependency resolution is a measurable share of it.
         ctx: AppContext = request.app.state.ctx
         model = current_model(ctx)
-        if len(body.history) > ctx.settings.max_request_history:
-            raise HTTPException(422, f"history has {len(body.history)} items; at most "
-                                     f"{ctx.settings.max_request_history} are accepted")
-        if len(body.exclude) > ctx.settings.max_exclude:
-            raise HTTPException(422, f"exclude has {len(body.exclude)} items; at most {ctx.settings.max_exclude}")
+        problem = _over_limits(body, ctx.settings)
+        if problem:
+            raise HTTPException(422, problem)
         if body.fields:
             _fields(model, body.fields)
-        q = recommender.Query(body.user_id, body.history, body.k, body.exclude_seen, body.exclude, body.explain)
-        r = await recommender.recommend(q, model, ctx.state, ctx.pool, ctx.metrics,
+        r = await recommender.recommend(_query(body), model, ctx.state, ctx.pool, ctx.metrics,
                                         ctx.settings.inline_search_max_items)
-        items = _items(r.items)
-        if body.fields:
-            meta.add_meta(items, model, model.overlay, body.fields)
-        return _json({"model_version": r.model_version, "items": items, "source": r.source,
-                      "cached": r.cached, "unknown_items": r.unknown_items})
+        return _json({"model_version": r.model_version, **_answer(r, model, body.fields)})
+
+    @app.post("/recommend/batch", response_model=RecommendBatchResponse, response_model_exclude_none=True,
+              responses=_errors(s422="invalid body, or more requests than MRDIB_MAX_BATCH (an invalid request "
+                                     "inside a valid batch gets its error in its place instead)"))
+    async def recommend_batch(body: RecommendBatchRequest, request: Request) -> Response:
+        """Up to MRDIB_MAX_BATCH /recommend requests answered in one call, from one model version: the users'
+        states in one Redis round trip, one batched user-tower run, one batched index search. Each request is
+        validated on its own (same rules and options as /recommend: explain, fields); one that is invalid (or
+        fails) gets `{"error": {status, detail}}` in its place and the others are answered."""
+        ctx: AppContext = request.app.state.ctx
+        model = current_model(ctx)
+        if len(body.requests) > ctx.settings.max_batch:
+            raise HTTPException(422, f"requests has {len(body.requests)} elements; at most {ctx.settings.max_batch} "
+                                     "per batch (MRDIB_MAX_BATCH)")
+        results: list[dict | None] = [None] * len(body.requests)
+        todo: list[tuple[int, RecommendRequest]] = []
+        for i, raw in enumerate(body.requests):
+            try:
+                req = RecommendRequest.model_validate(raw)
+            except ValidationError as e:
+                msgs = [_validation_message(err) for err in e.errors()]
+                results[i] = _batch_error(422, "; ".join(msgs[:5]), msgs[:50])
+                continue
+            problem = _over_limits(req, ctx.settings)
+            if not problem and req.fields:
+                try:
+                    meta.check_fields(model, req.fields)
+                except meta.FieldsError as e:
+                    problem = str(e)
+            if problem:
+                results[i] = _batch_error(422, problem)
+            else:
+                todo.append((i, req))
+        for (i, _), answer in zip(todo, await _answer_batch(ctx, model, [r for _, r in todo]), strict=True):
+            results[i] = answer
+        return _json({"model_version": model.version, "results": results})
 
     @app.get("/items/{item_id}/similar", response_model=SimilarResponse, response_model_exclude_none=True,
              responses=_errors(s404="unknown or deleted item id"))

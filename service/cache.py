@@ -141,6 +141,15 @@ class UserStateStore:
         """Cache `vector`, computed from `state` (its recent list and token), unless an event came since."""
         raise NotImplementedError
 
+    async def get_many(self, version: str, users: list[str], dim: int) -> list[UserState]:
+        """`get` of several users (the batch route); Redis: one pipelined round trip (two when some miss)."""
+        return [await self.get(version, u, dim) for u in users]
+
+    async def put_many(self, version: str, writes: list[tuple[str, np.ndarray, UserState]]) -> None:
+        """`put_vector` of several (user, vector, state); Redis: one pipelined round trip."""
+        for user, vector, st in writes:
+            await self.put_vector(version, user, vector, st)
+
     def forget_local(self, user: str) -> None:
         """Drop what this process holds for `user` (called after every accepted event)."""
         raise NotImplementedError
@@ -246,6 +255,68 @@ class RedisUserState(UserStateStore):
             return UserState(None, self.history.get(user))
         return UserState(None, [r.decode("utf-8", "replace") for r in recent],
                          counter.decode() if counter is not None else "0", seq)
+
+    async def get_many(self, version: str, users: list[str], dim: int) -> list[UserState]:
+        if not self.usable():
+            return [UserState(None, self.history.get(u)) for u in users]
+        out: list[UserState | None] = [None] * len(users)
+        todo = []
+        for i, u in enumerate(users):
+            near = self.near.get(version, u)
+            if near is None:
+                todo.append(i)
+            else:
+                out[i] = UserState(near[0], near[1])
+        if todo:
+            link, seq = self.link, self.near.seq
+            try:
+                async with link.client.pipeline(transaction=False) as pipe:
+                    for i in todo:
+                        pipe.hget(link.uvec_key(users[i]), version)
+                    raws = await pipe.execute()
+                misses = []
+                for i, raw in zip(todo, raws, strict=True):
+                    hit = decode_state(raw, dim) if raw is not None else None
+                    if hit is None:
+                        misses.append(i)
+                    else:
+                        self.near.put(version, users[i], hit[0], hit[1], seq)
+                        out[i] = UserState(hit[0], hit[1])
+                if misses:
+                    async with link.client.pipeline(transaction=False) as pipe:
+                        for i in misses:
+                            pipe.lrange(link.hist_key(users[i]), 0, self.history_cap - 1)
+                            pipe.get(link.uev_key(users[i]))
+                        got = await pipe.execute()
+                    for j, i in enumerate(misses):
+                        recent, counter = got[2 * j], got[2 * j + 1]
+                        out[i] = UserState(None, [r.decode("utf-8", "replace") for r in recent],
+                                           counter.decode() if counter is not None else "0", seq)
+                link.succeeded("get_user")
+            except REDIS_DOWN as e:
+                link.failed("get_user", e)
+                return [st if st is not None else UserState(None, self.history.get(u)) for st, u in zip(
+                    out, users, strict=True)]
+        return [st for st in out if st is not None]
+
+    async def put_many(self, version: str, writes: list[tuple[str, np.ndarray, UserState]]) -> None:
+        writes = [w for w in writes if w[2].token is not None]
+        if not self.usable() or not writes:
+            return
+        link = self.link
+        vectors = [np.ascontiguousarray(v, np.float32) for _, v, _ in writes]
+        try:
+            stored = await link.run_scripts([
+                (self._put, [link.uvec_key(u), link.uev_key(u)], [version, encode_state(v, st.recent), self.ttl_s,
+                                                                  st.token])
+                for (u, _, st), v in zip(writes, vectors, strict=True)])
+        except REDIS_DOWN as e:
+            link.failed("put_vector", e)
+            return
+        link.succeeded("put_vector")
+        for (u, _, st), v, ok in zip(writes, vectors, stored, strict=True):
+            if ok:
+                self.near.put(version, u, v, st.recent, st.seq)
 
     async def put_vector(self, version: str, user: str, vector: np.ndarray, state: UserState) -> None:
         if not self.usable() or state.token is None:

@@ -70,29 +70,58 @@ class VectorIndex:
 
     def search(self, q: np.ndarray, k: int, banned: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
         """Top `k` rows not in `banned` (int64 rows; duplicates allowed): (rows, scores, used_exact)."""
+        k, banned, need = self._need(k, banned)
+        if k <= 0:
+            return np.empty(0, np.int64), np.empty(0, np.float32), False
+        if need <= self.size:
+            scores, rows = self.loaded.search(q.reshape(1, -1), need)  # the reader normalises cosine queries
+            rows, scores = self._drop(rows[0], scores[0], banned, k)
+            if len(rows) >= k:
+                return rows, scores, False
+        rows, scores = self.exact(self.prepare(q)[0], k, banned)
+        return rows, scores, True
+
+    def search_many(self, qs: np.ndarray, ks: list[int], banned: list[np.ndarray]
+                    ) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+        """`search` of each row of `qs` with its own k and banned rows, in ONE index search (as deep as the deepest
+        query needs); a query the index cannot serve falls back to exact search alone, as in `search`."""
+        prepared = [self._need(k, b) for k, b in zip(ks, banned, strict=True)]
+        depth = max((need for k, _, need in prepared if k > 0 and need <= self.size), default=0)
+        hits = self.loaded.search(qs, depth) if depth else None
+        out = []
+        for i, (k, b, need) in enumerate(prepared):
+            if k <= 0:
+                out.append((np.empty(0, np.int64), np.empty(0, np.float32), False))
+                continue
+            if hits is not None and need <= self.size:
+                rows, scores = self._drop(hits[1][i], hits[0][i], b, k)
+                if len(rows) >= k:
+                    out.append((rows, scores, False))
+                    continue
+            rows, scores = self.exact(self.prepare(qs[i])[0], k, b)
+            out.append((rows, scores, True))
+        return out
+
+    def _need(self, k: int, banned: np.ndarray) -> tuple[int, np.ndarray, int]:
+        """(k the catalogue can give, banned rows, how many hits to ask the index for)."""
         n_banned = len(banned)
         if k + n_banned >= self.size and n_banned:
             banned = np.unique(banned)  # only near the catalogue size does the exact count matter
             n_banned = len(banned)
         k = min(k, self.size - n_banned)
-        if k <= 0:
-            return np.empty(0, np.int64), np.empty(0, np.float32), False
-        need = k + n_banned
-        if need <= self.size:
-            scores, rows = self.loaded.search(q.reshape(1, -1), need)  # the reader normalises cosine queries
-            scores, rows = scores[0], rows[0]
-            if n_banned <= _SMALL_BAN:
-                # A set over a few dozen rows: np.isin sorts both arrays and cost ~100 us per request here.
-                ban = set(banned.tolist()) if n_banned else ()
-                keep = [j for j, r in enumerate(rows.tolist()) if r >= 0 and r not in ban][:k]
-                rows, scores = rows[keep], scores[keep]
-            else:
-                ok = (rows >= 0) & ~np.isin(rows, banned)
-                rows, scores = rows[ok][:k], scores[ok][:k]
-            if len(rows) >= k:
-                return rows, scores, False
-        rows, scores = self.exact(self.prepare(q)[0], k, banned)
-        return rows, scores, True
+        return k, banned, k + n_banned
+
+    @staticmethod
+    def _drop(rows: np.ndarray, scores: np.ndarray, banned: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first `k` hits that are real (row >= 0) and not banned."""
+        n_banned = len(banned)
+        if n_banned <= _SMALL_BAN:
+            # A set over a few dozen rows: np.isin sorts both arrays and cost ~100 us per request here.
+            ban = set(banned.tolist()) if n_banned else ()
+            keep = [j for j, r in enumerate(rows.tolist()) if r >= 0 and r not in ban][:k]
+            return rows[keep], scores[keep]
+        ok = (rows >= 0) & ~np.isin(rows, banned)
+        return rows[ok][:k], scores[ok][:k]
 
     def exact(self, q: np.ndarray, k: int, banned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k by numpy over the stored (normalised for cosine) vectors."""

@@ -37,7 +37,7 @@ import numpy as np
 
 from mrdib.artifact.bounds import vector_problem
 from service import explain
-from service.cache import UserStateStore
+from service.cache import UserState, UserStateStore
 from service.metrics import Metrics
 from service.model_store import Overlay, ServingModel
 
@@ -114,6 +114,12 @@ def rank(model: ServingModel, overlay: Overlay, vector: np.ndarray | None, histo
         vector = model.user_tower.embed(history)
         _check_vector(model, vector)
     rows, scores, exact = model.ip.search(vector, k, banned)
+    return vector, finish(model, overlay, vector, rows, scores, banned_side, k, explain), exact
+
+
+def finish(model: ServingModel, overlay: Overlay, vector: np.ndarray, rows: np.ndarray, scores: np.ndarray,
+           banned_side: set[str] | frozenset[str], k: int, explain: bool) -> list[Scored]:
+    """The index's hits of one query merged with the side items, cut to k, checked, explained when asked."""
     ids = model.artifact.item_ids
     cands = [Scored(ids[r], s) for r, s in zip(rows.tolist(), scores.tolist(), strict=True)]
     if overlay.side_ids:
@@ -134,7 +140,33 @@ def rank(model: ServingModel, overlay: Overlay, vector: np.ndarray | None, histo
             for j, c in enumerate(sel):
                 denom = total[j] if abs(total[j]) > 1e-12 else 1e-12
                 c.explain = {n: float(contrib[ci, j] / denom) for ci, n in enumerate(names)}
-    return vector, top, exact
+    return top
+
+
+def rank_many(model: ServingModel, overlay: Overlay, plans: list[Plan]
+              ) -> list[tuple[np.ndarray, list[Scored], bool] | UnservableOutput]:
+    """Blocking, for a batch: ONE user-tower run over every history that needs it (padded to the longest), ONE
+    index search for every query vector, then `finish` per query: the answers of `rank`, query by query. A query
+    whose tower output or scores cannot be served gets its UnservableOutput in its place."""
+    dim = model.manifest.embedding_dim
+    vectors = np.empty((len(plans), dim), np.float32)
+    tower = [i for i, p in enumerate(plans) if p.vector is None]
+    if tower:
+        vectors[tower] = model.user_tower.embed_many([plans[i].history for i in tower])
+    for i, p in enumerate(plans):
+        if p.vector is not None:
+            vectors[i] = p.vector
+    hits = model.ip.search_many(vectors, [p.q.k for p in plans], [p.banned for p in plans])
+    out: list[tuple[np.ndarray, list[Scored], bool] | UnservableOutput] = []
+    for i, (p, (rows, scores, exact)) in enumerate(zip(plans, hits, strict=True)):
+        try:
+            if p.vector is None:
+                _check_vector(model, vectors[i])
+            out.append((vectors[i], finish(model, overlay, vectors[i], rows, scores, p.banned_side, p.q.k,
+                                           p.q.explain), exact))
+        except UnservableOutput as e:
+            out.append(e)
+    return out
 
 
 def popular(model: ServingModel, overlay: Overlay, banned: np.ndarray, k: int, explain: bool = False
@@ -164,18 +196,39 @@ def _rows(parts: list[np.ndarray | list[int]]) -> np.ndarray:
 _NO_ROWS = np.empty(0, np.int64)
 
 
-async def recommend(q: Query, model: ServingModel, state: UserStateStore, pool: Executor,
-                    metrics: Metrics, inline_max_items: int = 0) -> Result:
-    """Answer one /recommend query against exactly one model version (`model`)."""
+@dataclass
+class Plan:
+    """What answering one query takes, decided from its request and the user's state, before any compute."""
+
+    q: Query
+    unknown: list[str]
+    banned: np.ndarray
+    banned_side: set[str] | frozenset[str]
+    source: str
+    recent_rows: list[int]
+    train_rows: np.ndarray
+    vector: np.ndarray | None = None  # known (cached or trained): no tower run
+    history: np.ndarray | None = None  # rows for the user tower when `vector` is None
+    cached: bool = False
+    cache_it: bool = False
+    state: UserState | None = None
+    cache_lookup: bool = False  # a user's vector was looked for (counted as a cache hit or miss)
+
+    @property
+    def popular(self) -> bool:
+        return self.source == "popular"
+
+    def because_history(self) -> np.ndarray:
+        """The history `because` explains against: what the tower read, or what it would read."""
+        return self.history if self.history is not None else merge_rows(self.recent_rows, self.train_rows)
+
+
+def make_plan(q: Query, model: ServingModel, st: UserState | None) -> Plan:
+    """Which user vector (module docstring), what to exclude. Pure: the user's state `st` was read already."""
     overlay = model.overlay
-    version = model.version
     req_rows, unknown = model.rows_of(q.history) if q.history else ([], [])
     user_row = model.user_row.get(q.user_id) if q.user_id else None
-    st = None
-    cached_vec, recent_ids = None, []
-    if q.user_id:
-        st = await state.get(version, q.user_id, model.manifest.embedding_dim)
-        cached_vec, recent_ids = st.vector, st.recent
+    cached_vec, recent_ids = (st.vector, st.recent) if st is not None else (None, [])
     recent_rows = model.rows_of(recent_ids)[0] if recent_ids else []
     train_rows = model.artifact.seen_items(user_row) if user_row is not None else _NO_ROWS
 
@@ -187,39 +240,90 @@ async def recommend(q: Query, model: ServingModel, state: UserStateStore, pool: 
         banned_side = overlay.deleted.union(q.exclude, *((q.history, recent_ids) if q.exclude_seen else ()))
     if q.exclude_seen:
         banned_parts += [req_rows, recent_rows, train_rows]
-    banned = _rows(banned_parts)
-
-    vector, history, source, cached, cache_it = None, None, "user", False, False
+    plan = Plan(q, unknown, _rows(banned_parts), banned_side, "user", recent_rows, train_rows, state=st,
+                cache_lookup=bool(q.user_id) and not req_rows)
     if req_rows:
-        history, source = merge_rows(req_rows, recent_rows, train_rows), "history"
+        plan.history, plan.source = merge_rows(req_rows, recent_rows, train_rows), "history"
     elif q.user_id and cached_vec is not None:
-        vector, cached = cached_vec, True
-        source = "user" if user_row is not None else "history"
+        plan.vector, plan.cached = cached_vec, True
+        plan.source = "user" if user_row is not None else "history"
     elif q.user_id and recent_rows:
-        history, cache_it = merge_rows(recent_rows, train_rows), True
-        source = "user" if user_row is not None else "history"
+        plan.history, plan.cache_it = merge_rows(recent_rows, train_rows), True
+        plan.source = "user" if user_row is not None else "history"
     elif user_row is not None:
-        vector, cache_it = model.artifact.user_vectors[user_row], True
+        plan.vector, plan.cache_it = model.artifact.user_vectors[user_row], True
     else:
-        metrics.fallback_popular.inc()
-        items = popular(model, overlay, banned, q.k, q.explain)  # a precomputed order: never worth a thread hop
-        return Result(version, items, "popular", False, unknown)
+        plan.source = "popular"
+    return plan
 
-    if q.user_id and not req_rows:
-        (metrics.cache_hit if cached else metrics.cache_miss).inc()
-    if vector is not None and model.ip.size <= inline_max_items:
-        vector, items, exact = rank(model, overlay, vector, None, banned, banned_side, q.k, q.explain)
+
+async def recommend(q: Query, model: ServingModel, state: UserStateStore, pool: Executor,
+                    metrics: Metrics, inline_max_items: int = 0) -> Result:
+    """Answer one /recommend query against exactly one model version (`model`)."""
+    st = await state.get(model.version, q.user_id, model.manifest.embedding_dim) if q.user_id else None
+    plan = make_plan(q, model, st)
+    overlay = model.overlay
+    if plan.popular:
+        metrics.fallback_popular.inc()
+        items = popular(model, overlay, plan.banned, q.k, q.explain)  # a precomputed order: never worth a thread hop
+        return Result(model.version, items, "popular", False, plan.unknown)
+    if plan.cache_lookup:
+        (metrics.cache_hit if plan.cached else metrics.cache_miss).inc()
+    if plan.vector is not None and model.ip.size <= inline_max_items:
+        vector, items, exact = rank(model, overlay, plan.vector, None, plan.banned, plan.banned_side, q.k, q.explain)
     else:
         vector, items, exact = await asyncio.get_running_loop().run_in_executor(
-            pool, rank, model, overlay, vector, history, banned, banned_side, q.k, q.explain)
+            pool, rank, model, overlay, plan.vector, plan.history, plan.banned, plan.banned_side, q.k, q.explain)
     if exact:
         metrics.fallback_exact.inc()
     if q.explain and items:
-        await _add_because(model, overlay, history if history is not None else merge_rows(recent_rows, train_rows),
-                           items, pool)
-    if cache_it and q.user_id and st is not None:
-        await state.put_vector(version, q.user_id, vector, st)
-    return Result(version, items, source, cached, unknown)
+        await _add_because(model, overlay, plan.because_history(), items, pool)
+    if plan.cache_it and q.user_id and st is not None:
+        await state.put_vector(model.version, q.user_id, vector, st)
+    return Result(model.version, items, plan.source, plan.cached, plan.unknown)
+
+
+async def recommend_batch(queries: list[Query], model: ServingModel, state: UserStateStore, pool: Executor,
+                          metrics: Metrics) -> list[Result | UnservableOutput]:
+    """Answer many queries against one model version: the users' states in one pipelined Redis round trip, one
+    batched user-tower run, one batched index search, the new vectors cached in one round trip. Answers are those
+    of `recommend`, query by query (a query the model cannot serve gets its UnservableOutput in its place)."""
+    users = [q.user_id for q in queries if q.user_id]
+    states = await state.get_many(model.version, users, model.manifest.embedding_dim) if users else []
+    by_user = iter(states)
+    plans = [make_plan(q, model, next(by_user) if q.user_id else None) for q in queries]
+    overlay = model.overlay
+    out: list[Result | UnservableOutput | None] = [None] * len(plans)
+    todo = []
+    for i, p in enumerate(plans):
+        if p.popular:
+            metrics.fallback_popular.inc()
+            out[i] = Result(model.version, popular(model, overlay, p.banned, p.q.k, p.q.explain), "popular", False,
+                            p.unknown)
+            continue
+        if p.cache_lookup:
+            (metrics.cache_hit if p.cached else metrics.cache_miss).inc()
+        todo.append(i)
+    if todo:
+        ranked = await asyncio.get_running_loop().run_in_executor(pool, rank_many, model, overlay,
+                                                                  [plans[i] for i in todo])
+        writes = []
+        for i, answer in zip(todo, ranked, strict=True):
+            if isinstance(answer, UnservableOutput):
+                out[i] = answer
+                continue
+            vector, items, exact = answer
+            p = plans[i]
+            if exact:
+                metrics.fallback_exact.inc()
+            if p.q.explain and items:
+                await _add_because(model, overlay, p.because_history(), items, pool)
+            if p.cache_it and p.q.user_id and p.state is not None:
+                writes.append((p.q.user_id, vector, p.state))
+            out[i] = Result(model.version, items, p.source, p.cached, p.unknown)
+        if writes:
+            await state.put_many(model.version, writes)
+    return [r for r in out if r is not None]
 
 
 async def _add_because(model: ServingModel, overlay: Overlay, history: np.ndarray, items: list[Scored],

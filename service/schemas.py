@@ -70,6 +70,16 @@ class RecommendRequest(_In):
                     "fields this model's items have (GET /model lists them: `item_meta_fields`); empty = no `meta`")
 
 
+class RecommendBatchRequest(_In):
+    """Several /recommend requests answered in one call (at most MRDIB_MAX_BATCH). Each element has the shape of
+    a /recommend body (RecommendRequest) and is validated on its own: an invalid one gets its error in its place
+    in `results`, the others are answered."""
+
+    requests: list[dict[str, object]] = Field(
+        min_length=1, description="each a /recommend request body: user_id, history, k, exclude_seen, exclude, "
+                                  "explain (RecommendRequest)")
+
+
 class ErrorOut(BaseModel):
     """Body of every error answer: one message naming the problem; for 422 also each field error."""
 
@@ -121,6 +131,27 @@ class RecommendResponse(BaseModel):
                     "and/or the user's recent events; popular: nothing known about the user, most popular items")
     cached: bool
     unknown_items: list[str] = Field(default_factory=list, description="history ids ignored as unknown")
+
+
+class BatchError(BaseModel):
+    status: int = Field(description="the HTTP status this request would have got alone (422, 500)")
+    detail: str
+    errors: list[str] | None = Field(default=None, description="one message per invalid field (422 only)")
+
+
+class BatchResult(BaseModel):
+    """One answer of a batch, in the request's place: RecommendResponse's fields, or `error`."""
+
+    items: list[ScoredItem] | None = None
+    source: Literal["user", "history", "popular"] | None = None
+    cached: bool | None = None
+    unknown_items: list[str] | None = None
+    error: BatchError | None = None
+
+
+class RecommendBatchResponse(BaseModel):
+    model_version: str = Field(description="every answer of the batch comes from this one version")
+    results: list[BatchResult] = Field(description="one per request, in request order")
 
 
 class SimilarResponse(BaseModel):

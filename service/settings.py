@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="larger request bodies get 413")
     max_request_history: int = Field(default=1000, ge=1, description="longer `history` gets 422")
     max_exclude: int = Field(default=10_000, ge=0, description="longer `exclude` gets 422")
+    max_batch: int = Field(default=256, ge=1, le=10_000,
+                           description="most requests in one POST /recommend/batch (more gets 422); the whole body "
+                                       "still counts against MRDIB_MAX_BODY_BYTES")
     gc_freeze: bool = Field(
         default=True, description="after each model load, collect once and gc.freeze() the survivors so that "
                                   "full GC passes stop stalling requests (see service/heap.py)")

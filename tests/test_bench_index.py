@@ -114,7 +114,9 @@ def test_small_run_saves_results_and_report_only_re_renders_them(tmp_path: Path,
     assert bi.main(["--sizes", "3000", "--data", "clustered", "--indexes", "hnsw", "--queries", "70",
                     "--cache", str(cache), "--no-write"]) == 0
     saved = bi.load_results(cache / bi.RESULTS_NAME)
-    assert {r.index for r in saved.rows} == {"Flat (exact)", "HNSW32"} and len(saved.rows) == 1 + len(bi.EF_SWEEP)
+    assert {r.index for r in saved.rows} == {"Flat (exact)", "HNSW32"}
+    assert len(saved.rows) == 1 + len(bi.EF_SWEEP) + 1  # + the setting the exporter's tuning picks
+    assert sum("EXPORTER-TUNED" in r.note for r in saved.rows) == 1
     assert (cache / "clustered-3000-s0-HNSW32.faiss").is_file()
     capsys.readouterr()
     assert bi.main(["--report-only", "--no-write", "--cache", str(cache)]) == 0
@@ -128,3 +130,20 @@ def test_empty_cache_argument_disables_the_cache(tmp_path: Path, monkeypatch) ->
     assert bi.main(["--sizes", "2000", "--data", "gaussian", "--indexes", "hnsw", "--queries", "64", "--cache", "",
                     "--no-write"]) == 0
     assert list(tmp_path.iterdir()) == []  # nothing written to the working directory
+
+
+def test_large_default_is_swept_and_tuned_as_the_exporter_does(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`--indexes default`: the exporter's >5M default at the benchmark's size, built by the exporter's code,
+    swept over nprobe x k_factor_rf, plus the row the exporter's tuning picks (on other queries), judged in the
+    verdict against the 0.95 target."""
+    from training.export.index import large_factory
+
+    monkeypatch.setattr(bi, "memory_bandwidth", lambda: (15.0, 14.0, 16.0))
+    assert bi.main(["--sizes", "20000", "--data", "clustered", "--indexes", "default", "--queries", "80",
+                    "--tune-queries", "120", "--cache", "", "--no-write"]) == 0
+    out = capsys.readouterr().out
+    name = large_factory(20_000, bi.D)
+    assert name.endswith(",PQ32x4fs,Refine(SQ8)") and name in out
+    line = next(x for x in out.splitlines() if "the >5M default" in x)
+    assert f"`{name}` as the exporter tunes it (nprobe=" in line and "k_factor_rf=" in line
+    assert "(target 0.95: met)" in line or "MISSED" in line

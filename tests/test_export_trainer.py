@@ -43,4 +43,5 @@ def test_trainer_checkpoint_exports(tmp_path: Path) -> None:
     np.testing.assert_allclose(a.item_components.sum(0), a.item_vectors, atol=1e-4)
     assert "recall@20" in a.manifest.metrics["test"]
     ip = a.manifest.indexes["ip"]
-    assert ip.factory == "HNSW16" and ip.search_params == {"efSearch": 128} and ip.recall_at_k is not None
+    # efSearch tuned at build time: the cheapest setting reaching recall@20 0.95 on held-out users
+    assert ip.factory == "HNSW16" and set(ip.search_params) == {"efSearch"} and ip.recall_at_k >= 0.95

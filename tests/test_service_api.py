@@ -63,8 +63,10 @@ def client(request, artifact, tmp_path):
     root, _ = artifact
     extra = {}
     if request.param == "cluster":
+        # generous timeouts: these tests check answers, not outages (two shared cores can stall a reply 0.25 s)
         extra = dict(redis_url=request.getfixturevalue("redis_cluster").url, redis_mode="cluster",
-                     redis_key_prefix=f"api-{uuid.uuid4().hex[:10]}:", redis_check_interval_s=0.2)
+                     redis_key_prefix=f"api-{uuid.uuid4().hex[:10]}:", redis_check_interval_s=0.2,
+                     redis_socket_timeout_s=2.0, redis_connect_timeout_s=2.0)
     with served(_settings(root, tmp_path, **extra)) as c:
         c.mode = request.param
         yield c
@@ -368,3 +370,104 @@ def test_bodies_match_the_response_models(client, art):
         assert r.headers["content-type"] == "application/json" and r.json()["source"] == source
         RecommendResponse.model_validate_json(r.content, strict=True)
     SimilarResponse.model_validate_json(client.get(f"/items/{item}/similar").content, strict=True)
+
+
+# ---------------------------------------------------------------------------------------------- batch
+
+
+def _single(client, body: dict) -> dict:
+    r = client.post("/recommend", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_batch_answers_each_request_as_recommend_does_with_errors_in_place(client, art):
+    """Known users, a history, an unknown user (popular), explain and exclude, and two invalid requests: every
+    valid answer is the one /recommend gives alone; each invalid one gets its 422 in its place."""
+    users = art.user_ids
+    requests = [
+        {"user_id": users[20], "k": 7},
+        {"history": [art.item_ids[3], art.item_ids[9], "not-an-item"], "k": 5},
+        {"user_id": "nobody-knows-me", "k": 4},
+        {"k": 0},  # invalid: k >= 1
+        {"user_id": users[21], "k": 6, "explain": True, "exclude": [art.item_ids[0]]},
+        {"user_id": users[22], "history": ["x"] * 51},  # over MRDIB_MAX_REQUEST_HISTORY (50 here)
+        {"user_id": users[23], "k": 3, "bogus": 1},  # unknown field
+        {"user_id": users[24], "k": 5, "exclude_seen": False},
+    ]
+    r = client.post("/recommend/batch", json={"requests": requests})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_version"] == art.manifest.model_version and len(body["results"]) == len(requests)
+    res = body["results"]
+    assert res[3] == {"error": {"status": 422, "detail": "k: Input should be greater than or equal to 1",
+                                "errors": ["k: Input should be greater than or equal to 1"]}}
+    assert res[5]["error"]["status"] == 422 and "at most 50" in res[5]["error"]["detail"]
+    assert res[6]["error"]["status"] == 422 and "bogus" in res[6]["error"]["detail"]
+    for i in (0, 1, 2, 4, 7):
+        alone = _single(client, requests[i])
+        assert "error" not in res[i], res[i]
+        assert res[i]["source"] == alone["source"] and res[i]["unknown_items"] == alone["unknown_items"]
+        assert [x["item_id"] for x in res[i]["items"]] == [x["item_id"] for x in alone["items"]]
+        assert np.allclose([x["score"] for x in res[i]["items"]], [x["score"] for x in alone["items"]], atol=1e-5)
+    assert res[2]["source"] == "popular" and res[1]["unknown_items"] == ["not-an-item"]
+    assert set(res[4]["items"][0]["explain"]) == set(COMPONENTS)
+    hist = rows_of(art, [art.item_ids[3], art.item_ids[9]])  # the tower's answer, as for /recommend
+    assert_topk(res[1]["items"], art, user_tower_vector(art, hist), hist, 5)
+
+
+def test_batch_is_one_tower_run_and_one_index_search(client, art, monkeypatch):
+    """Several histories and user vectors: ONE onnxruntime run and ONE FAISS search for the whole batch; the
+    vectors of known users are cached afterwards (the next batch is served from the cache)."""
+    model = client.app.state.ctx.store.current
+    calls = {"tower": 0, "search": 0}
+
+    class CountingSession:  # the real session, its runs counted
+        def __init__(self, sess):
+            self.sess = sess
+
+        def run(self, *a, **kw):
+            calls["tower"] += 1
+            return self.sess.run(*a, **kw)
+
+    search = model.ip.loaded.search
+
+    def counting_search(*a, **kw):
+        calls["search"] += 1
+        return search(*a, **kw)
+
+    monkeypatch.setattr(model.user_tower, "sess", CountingSession(model.user_tower.sess))
+    monkeypatch.setattr(model.ip.loaded, "search", counting_search)
+    users = art.user_ids[30:40]
+    requests = [{"user_id": u, "k": 5} for u in users] + [
+        {"history": [art.item_ids[i], art.item_ids[i + 1]], "k": 4} for i in range(0, 12, 2)]
+    first = client.post("/recommend/batch", json={"requests": requests}).json()["results"]
+    assert calls == {"tower": 1, "search": 1}, calls
+    assert [x["cached"] for x in first[:10]] == [False] * 10
+    second = client.post("/recommend/batch", json={"requests": requests[:10]}).json()["results"]
+    assert [x["cached"] for x in second] == [True] * 10
+    assert [x["items"] for x in second] == [x["items"] for x in first[:10]]
+
+
+def test_batch_limits_and_a_failing_request(client, art, monkeypatch):
+    n = client.app.state.ctx.settings.max_batch
+    r = client.post("/recommend/batch", json={"requests": [{"k": 1}] * (n + 1)})
+    assert r.status_code == 422 and f"at most {n}" in r.json()["detail"]
+    assert client.post("/recommend/batch", json={"requests": []}).status_code == 422
+    assert client.post("/recommend/batch", json={"requests": [1, "x"]}).status_code == 422  # not objects
+    # A request whose computation fails: a 500 in its place, the others answered.
+    from service import recommender
+
+    real = recommender.finish
+    bad = art.user_ids[41]
+
+    def finish(model, overlay, vector, rows, scores, banned_side, k, explain):
+        if k == 9:
+            raise RuntimeError("boom")
+        return real(model, overlay, vector, rows, scores, banned_side, k, explain)
+
+    monkeypatch.setattr(recommender, "finish", finish)
+    res = client.post("/recommend/batch", json={"requests": [{"user_id": bad, "k": 9},
+                                                             {"user_id": art.user_ids[42], "k": 3}]}).json()
+    assert res["results"][0] == {"error": {"status": 500, "detail": "internal server error"}}
+    assert len(res["results"][1]["items"]) == 3
