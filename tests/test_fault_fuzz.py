@@ -37,7 +37,7 @@ from service.api import create_app  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests._fault_helpers import record  # noqa: E402
 
-pytestmark = pytest.mark.timeout(150)
+pytestmark = pytest.mark.timeout(300)  # 200 cases per operation; ~2 min on two shared, loaded cores
 
 TOKEN = "fuzz-token"
 MIN_REQUESTS = 1000

@@ -38,9 +38,11 @@ def env(request, tmp_path_factory, build_artifact):
     root = tmp_path_factory.mktemp("artifacts")
     version = build_artifact(root)
     prefix = f"mrdib-test-{uuid.uuid4().hex[:8]}:"
+    # generous timeouts: these tests check answers, not outages (two shared cores can stall a reply 0.25 s)
     settings = Settings(artifacts=root, redis_url=url, redis_mode=mode, redis_key_prefix=prefix,
                         stream=prefix + "events", wal_path=root.parent / "wal.jsonl", poll_interval_s=0,
-                        redis_check_interval_s=0.2, cpu_threads=2)
+                        redis_check_interval_s=0.2, cpu_threads=2, redis_socket_timeout_s=2.0,
+                        redis_connect_timeout_s=2.0)
     r = sync_client(url, mode)
     layout = settings.layout
     with ServerThread(create_app(settings)) as srv, httpx.Client(base_url=srv.url, timeout=10) as http:
