@@ -30,6 +30,7 @@ import redis
 
 from mrdib.artifact import schema as S
 from mrdib.artifact.store import LoadedArtifact, load_artifact, sha256_file
+from mrdib.redis_keys import KeyLayout
 from service.api import create_app
 from service.settings import Settings
 from tests._fault_helpers import ServeProcess, record
@@ -71,8 +72,14 @@ def env(tmp_path_factory, build_artifact, redis_url):
 
 def in_stream(env, event_id: str) -> list[dict[str, str]]:
     """The stream entries (decoded fields) carrying `event_id`."""
-    return [{k.decode(): v.decode() for k, v in f.items()} for _, f in env["redis"].xrange(env["stream"])
+    return [{k.decode(): v.decode() for k, v in f.items()} for _, f in stream_entries(env["redis"], env["prefix"],
+                                                                                         env["stream"])
             if f[b"event_id"] == event_id.encode()]
+
+
+def stream_entries(r, prefix: str, stream: str) -> list:
+    """Every entry of the service's event streams (one per user shard, mrdib/redis_keys.py)."""
+    return [e for key in KeyLayout(prefix, stream).streams() for e in r.xrange(key)]
 
 
 def event(art: LoadedArtifact, user: str, n: int = 0, event_id: str | None = None) -> dict:
@@ -160,7 +167,8 @@ def test_events_beyond_the_users_rate_get_429_with_retry_after(env):
     r = http.post("/events", json=event(art, user, 9), headers=bearer(EVENTS))
     assert r.status_code == 429 and user in r.json()["detail"]
     assert int(r.headers["retry-after"]) >= 1
-    assert sum(1 for _, f in env["redis"].xrange(env["stream"]) if f[b"user_id"] == user.encode()) == BURST
+    assert sum(1 for _, f in stream_entries(env["redis"], env["prefix"], env["stream"])
+               if f[b"user_id"] == user.encode()) == BURST
     # A retry of an event already recorded is answered (duplicate), not refused, and takes no token.
     dup = http.post("/events", json=event(art, user, 0, f"{run}-0"), headers=bearer(EVENTS))
     assert dup.status_code == 202 and dup.json()["duplicate"] is True
@@ -543,7 +551,7 @@ def test_done_when_real_serve_two_workers_and_redis(tmp_path, build_artifact, re
             for user in ("u1", "u2"):
                 ok = http.post("/events", json=event(art, user, 2, eid), headers=bearer(EVENTS))
                 assert ok.status_code == 202 and ok.json()["duplicate"] is False, ok.text
-            assert sorted(f[b"user_id"] for _, f in r.xrange(prefix + "events")
+            assert sorted(f[b"user_id"] for _, f in stream_entries(r, prefix, prefix + "events")
                           if f[b"event_id"] == eid.encode()) == [b"u1", b"u2"]
 
             before = http.post("/recommend", json={"user_id": art.user_ids[1], "k": 5}).json()

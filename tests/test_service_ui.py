@@ -190,7 +190,10 @@ def test_page_shows_titles_explanations_similar_items_and_records_clicks(model, 
         if prefix:  # the event is in the Redis stream the nightly retraining reads
             import redis
 
-            entries = redis.Redis.from_url(REDIS_URL).xrange(prefix + "events")
+            from mrdib.redis_keys import KeyLayout
+
+            entries = [e for key in KeyLayout(prefix, prefix + "events").streams()
+                       for e in redis.Redis.from_url(REDIS_URL).xrange(key)]
             fields = [{k.decode(): v.decode() for k, v in e[1].items()} for e in entries]
             assert [(f["event_id"], f["user_id"], f["item_id"]) for f in fields] == [(event_id, user, first_id)]
             assert "stored in redis" in status
