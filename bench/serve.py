@@ -49,6 +49,7 @@ import redis
 
 from bench._report import PLOTS, REPO, command, machine, md_table, now, text_table, write_section
 from mrdib.artifact.store import LoadedArtifact
+from mrdib.redis_keys import KeyLayout
 
 TARGET_RATIO = 0.5
 TARGET_TAIL = 4.0
@@ -309,11 +310,13 @@ class Flusher:
     user is also PUBLISHed on the service's invalidation channel (as the event script does), so that the
     workers' near caches drop it too: otherwise 'cold' would be served from the near cache."""
 
-    LUA = ("local n = 0 local skip = string.len(ARGV[1]) for _, k in ipairs(redis.call('KEYS', ARGV[1] .. '*')) do "
-           "redis.call('UNLINK', k) redis.call('PUBLISH', ARGV[2], string.sub(k, skip + 1)) n = n + 1 end return n")
+    # Keys are `<prefix>{u<shard>}:uvec:<user>` (mrdib/redis_keys.py): the user id follows the first ":uvec:".
+    LUA = ("local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1] .. '*:uvec:*')) do "
+           "local _, e = string.find(k, ':uvec:', 1, true) "
+           "redis.call('UNLINK', k) redis.call('PUBLISH', ARGV[2], string.sub(k, e + 1)) n = n + 1 end return n")
 
     def __init__(self, client: redis.Redis, key_prefix: str, channel: str, period: float = 0.1):
-        """`key_prefix`: e.g. "bench123:uvec:" (user id follows); `channel`: the service's invalidation channel."""
+        """`key_prefix`: the service's key prefix, e.g. "bench123:"; `channel`: the service's invalidation channel."""
         self.client, self.pattern, self.channel, self.period = client, key_prefix, channel, period
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -363,7 +366,7 @@ def events_hook(client: redis.Redis, stream: str, wal: Path):
         deadline = time.monotonic() + 60
         while wal_lines() and time.monotonic() < deadline:
             time.sleep(0.2)
-        return client.xlen(stream)
+        return sum(client.xlen(key) for key in KeyLayout(stream=stream).streams())  # every shard's stream
 
     def hook(before=None, cell: Cell | None = None):
         if cell is None:
@@ -647,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
             if "warm" in only:
                 cells += sweep("warm /recommend", srv.url, scripts["warm"], conns, a.duration, hits)
             if "cold" in only:
-                with Flusher(rs.client, f"{prefix}uvec:", f"{prefix}uinval"):
+                with Flusher(rs.client, prefix, f"{prefix}uinval"):
                     cells += sweep("cold /recommend", srv.url, scripts["cold"], conns, a.duration, hits)
             if "anon" in only:
                 cells += sweep("anon 20-item history", srv.url, scripts["anon"], conns, a.duration)

@@ -145,7 +145,7 @@ def test_the_same_event_id_from_two_users_lands_twice(env):
     assert retry.status_code == 202 and retry.json()["duplicate"] is True
     assert len(in_stream(env, eid)) == 2
     # Each user's own state got its own event.
-    hist = {u: env["redis"].lrange(f"{env['prefix']}hist:{u}", 0, -1) for u in (alice, mallory)}
+    hist = {u: env["redis"].lrange(KeyLayout(env["prefix"]).user_key("hist", u), 0, -1) for u in (alice, mallory)}
     assert hist == {alice: [art.item_ids[3].encode()], mallory: [art.item_ids[4].encode()]}
     assert http.post("/recommend", json={"user_id": mallory, "k": 3}).json()["source"] == "history"
     record("event_ids_per_user", covers="13.2 event ids per user",
