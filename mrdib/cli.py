@@ -14,7 +14,7 @@ from mrdib.cli_order import ordered_group
 from mrdib.exits import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE
 
 app = typer.Typer(
-    cls=ordered_group("data", "train", "export", "serve", "retrain", "artifact", "baseline", "experiment"),
+    cls=ordered_group("data", "train", "export", "serve", "retrain", "artifact", "baseline", "experiment", "study"),
     no_args_is_help=True,
     add_completion=False,
     # An internal error prints its traceback, but never the local variables (settings, tokens, user data).
@@ -27,7 +27,7 @@ app = typer.Typer(
 from training.data.cli import app as data_app  # noqa: E402
 
 app.add_typer(data_app, name="data", help="Build, convert, generate and inspect datasets.")
-from training.train_cli import experiment_command, train_command  # noqa: E402
+from training.train_cli import experiment_command, study_command, train_command  # noqa: E402
 
 app.command("train", help="Train one model to early stop; write the metrics and the checkpoint.")(train_command)
 from training.export.cli import export as export_command  # noqa: E402
@@ -50,3 +50,6 @@ app.command("baseline", help="Research: fit a reference baseline and print its v
 app.command("experiment", help="Research: backbones x {plain, +MRdIB} x seeds; writes docs/RESULTS.md.")(
     experiment_command
 )
+app.command(
+    "study", help="Research: equal-budget tuning of plain / content-only / +MRdIB rows, seeds, paired bootstrap."
+)(study_command)

@@ -7,6 +7,8 @@
       model.safetensors        state dict of the best-validation model (resume / fine-tune)
       embeddings.safetensors   "user" [U, d], "item" [I, d], "component.<name>" [I, d] (sum = item)
       metrics.jsonl            one JSON line per epoch: loss terms, validation metrics, seconds
+      test_per_user.npz        TEST metrics per evaluated user at the best epoch ("users" + one array per
+                               metric), for paired per-user comparisons between runs
       curves.png               loss and validation curves
       resume/                  last finished epoch, for `mrdib train --resume DIR`:
         model.safetensors        state dict after that epoch (not the best one)
@@ -34,6 +36,7 @@ CURVES = "curves.png"
 RESUME = "resume"
 OPTIMIZER = "optimizer.safetensors"
 STATE = "state.json"
+PER_USER = "test_per_user.npz"
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,20 @@ def load_embeddings(directory: Path) -> Embeddings:
     if not np.allclose(total, item, atol=1e-4):
         raise ValueError(f"{path}: components do not sum to the item vectors")
     return Embeddings(user=user, item=item, components=comps)
+
+
+def save_per_user(directory: Path, per_user: dict[str, np.ndarray]) -> Path:
+    """Write per-user test metrics ("users" int64 rows + float arrays aligned with it) as an .npz."""
+    path = Path(directory) / PER_USER
+    names = {k.replace("@", "_at_"): np.asarray(v) for k, v in per_user.items()}  # npz keys are file names
+    np.savez(path, **names)
+    return path
+
+
+def load_per_user(directory: Path) -> dict[str, np.ndarray]:
+    """Read `save_per_user`'s file back (metric names with "@"); never unpickles."""
+    with np.load(Path(directory) / PER_USER, allow_pickle=False) as z:
+        return {k.replace("_at_", "@"): z[k] for k in z.files}
 
 
 def write_json(directory: Path, name: str, data: dict) -> None:

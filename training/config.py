@@ -64,6 +64,28 @@ class MRdIBConfig(_Cfg):
     content_reg: float = Field(0.1, ge=0.0, description="L2 on the batch items' content vectors (like reg_weight)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on each encoder's hidden layer (training only)")
     detach_user: bool = Field(False, description="auxiliary terms see e_u detached (only BPR moves user vectors)")
+    content_at: Literal["output", "ego"] = Field(
+        "output",
+        description="where the content vector joins a graph backbone: 'ego' adds it to the item ID table BEFORE "
+        "propagation (users and neighbours aggregate it), 'output' adds it to the propagated item vector",
+    )
+    normalize_terms: bool = Field(
+        False,
+        description="divide each auxiliary term by its value at chance (InfoNCE log n, BPR log 2, dependence and "
+        "synergy penalties by their count) so that the lambdas weigh terms of the same scale",
+    )
+    synergy_penalty: Literal["sigmoid_sq", "logcosh"] = Field(
+        "sigmoid_sq",
+        description="penalty on the masked synergy branch's margin m: (sigmoid(m) - 0.5)^2 (saturates for large "
+        "|m|) or log cosh(m) (gradient tanh(m), which does not vanish)",
+    )
+    id_dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="share of a batch's items whose ID vector is zeroed (content must rank them)"
+    )
+    weight_decay: float = Field(0.0, ge=0.0, description="Adam weight decay (L2) on the plug-in's own parameters")
+    input_pca: int = Field(
+        0, ge=0, description="reduce each modality wider than this to its top principal components (0 = off)"
+    )
 
 
 class TrainConfig(_Cfg):

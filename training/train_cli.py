@@ -180,3 +180,26 @@ def experiment_command(
     except DataError as e:
         raise fail(e) from None
 
+
+def study_command(
+    config: Path = typer.Option(..., "--config", help="Study YAML (see configs/study-*.yaml). Required."),
+    jobs: int | None = typer.Option(None, "--jobs", min=1, help="Runs trained at once (default: the file's jobs)."),
+) -> None:
+    """Equal-budget tuning of every row (plain, content-only, +MRdIB), seeds, paired bootstrap; writes RESULTS.md."""
+    from rich.console import Console
+
+    from training.data.dataset import DataError
+    from training.study import load_study, run_study
+
+    try:
+        study = load_study(config)
+    except (OSError, ValueError) as e:
+        raise typer.BadParameter(str(e), param_hint="--config") from None
+    if jobs is not None:
+        study = study.model_copy(update={"jobs": jobs})
+    console = Console(stderr=True)
+    try:
+        run_study(study, config, log=lambda msg: console.print(msg, highlight=False))
+    except DataError as e:
+        raise fail(e) from None
+

@@ -154,7 +154,8 @@ def train(
     ctx = ModelContext.from_dataset(dataset, device)
     model = (model_factory or default_model_factory)(cfg, ctx).to(device)
     aux_params = list(model.aux_parameters())
-    opt = torch.optim.Adam(model.main_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = model.param_groups(cfg.weight_decay) if hasattr(model, "param_groups") else model.main_parameters()
+    opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     aux_opt = torch.optim.Adam(aux_params, lr=cfg.mrdib.club_lr) if aux_params else None
     optimizers = {"main": opt, **({"aux": aux_opt} if aux_opt else {})}
     club_steps = cfg.mrdib.club_steps if aux_opt else 0
@@ -277,7 +278,10 @@ def train(
 # --- evaluation ----------------------------------------------------------------------------------
 
 
-def _evaluate(model: nn.Module, mask_csr, target_csr, popularity: np.ndarray, ks: list[int], batch_users: int) -> dict:
+def _evaluate(
+    model: nn.Module, mask_csr, target_csr, popularity: np.ndarray, ks: list[int], batch_users: int,
+    per_user_out: dict | None = None,
+) -> dict:
     """Full ranking with the deterministic embeddings: one U, I per evaluation, scores U[b] @ I.T in blocks."""
     from training.evaluation import run_evaluation
 
@@ -288,7 +292,7 @@ def _evaluate(model: nn.Module, mask_csr, target_csr, popularity: np.ndarray, ks
         def score_fn(rows: Tensor) -> Tensor:
             return user_emb[rows.to(user_emb.device)] @ item_emb.T
 
-        return run_evaluation(score_fn, mask_csr, target_csr, popularity, ks, batch_users)
+        return run_evaluation(score_fn, mask_csr, target_csr, popularity, ks, batch_users, per_user_out=per_user_out)
 
 
 def _finish(out, model, best_state, state, history, cfg, eval_data, ks, run_info: dict, curves: bool) -> TrainResult:
@@ -301,7 +305,9 @@ def _finish(out, model, best_state, state, history, cfg, eval_data, ks, run_info
     model.load_state_dict(best_state)
     mask_csr, valid_csr, test_csr, popularity = eval_data
     valid = _evaluate(model, mask_csr, valid_csr, popularity, ks, cfg.eval_batch_users)
-    test = _evaluate(model, mask_csr, test_csr, popularity, ks, cfg.eval_batch_users)
+    per_user: dict[str, np.ndarray] = {}
+    test = _evaluate(model, mask_csr, test_csr, popularity, ks, cfg.eval_batch_users, per_user)
+    ckpt.save_per_user(out, per_user)  # for paired per-user comparisons between runs (training/study.py)
     with eval_mode(model):
         ckpt.save_embeddings(out, model.export())
     metrics = {

@@ -110,6 +110,7 @@ def run_evaluation(
     ks: Sequence[int] = DEFAULT_KS,
     batch_users: int = 4096,
     max_block_scores: int = DEFAULT_MAX_BLOCK_SCORES,
+    per_user_out: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Core loop shared by `evaluate` and `evaluate_scores`.
 
@@ -129,6 +130,9 @@ def run_evaluation(
         most users per block.
     max_block_scores:
         most scores per block; the block shrinks below ``batch_users`` for huge catalogues.
+    per_user_out:
+        if given, filled with "users" (int64 rows of the evaluated users) and one float64 array per
+        accuracy metric, aligned with "users": what a paired per-user bootstrap between models needs.
     """
     ks = validate_ks(ks)
     n_users, n_items = target_csr.shape
@@ -186,6 +190,12 @@ def run_evaluation(
         key = f"popularity@{k}"
         result[key] = float(torch.cat(per_user[key]).mean()) if users.size else 0.0
     result["n_users"] = int(users.size)
+    if per_user_out is not None:
+        per_user_out["users"] = users
+        for name in METRIC_NAMES:
+            for k in ks:
+                key = f"{name}@{k}"
+                per_user_out[key] = torch.cat(per_user[key]).numpy() if users.size else np.zeros(0)
     return result
 
 

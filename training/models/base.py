@@ -4,9 +4,17 @@ Contract (shared by the backbones, the MRdIB plug-in, the trainer and the export
 
 - A backbone is built from a `ModelContext` (sizes, training interactions, item features,
   device) and a `BackboneConfig`.
-- `propagate()` returns the full user and item representations (U [n_users, d],
+- `propagate(item_extra=None)` returns the full user and item representations (U [n_users, d],
   I [n_items, d]) for the current parameters: a lookup for MF models, graph propagation for
-  graph models. It is called once per training step and once before evaluation.
+  graph models. It is called once per training step and once before evaluation. `item_extra`
+  [n_items, d] is added to the item ID table at the INPUT of propagation (MRdIB's "content before
+  propagation": a graph model then carries an item's content to its users and neighbours); a
+  backbone that does not propagate adds it to its output, which is the same thing for it.
+- `propagate_extra(extra)` is the part of (U, I) that an `item_extra` of `extra` alone contributes.
+  Graph propagation is linear in its input for LightGCN and FREEDOM, so the exported item vector
+  splits exactly into an ID part and one part per content component; MGCN's gates are not linear,
+  and it returns the linearisation at its last propagate() call (gates held at their values there),
+  which still sums exactly to the real output.
 - `loss(users, pos, neg, user_emb, item_emb)` returns the backbone's own loss terms as a
   dict of scalar tensors (at least "bpr"; also "reg" and model-specific terms). The caller
   sums them. `item_emb` may already include the MRdIB content vector (added at the output).
@@ -57,6 +65,8 @@ class Backbone(nn.Module):
 
     name: str = "base"
     uses_features: bool = False
+    #: True for graph backbones: `item_extra` enters their propagation, not only their output.
+    propagates_items: bool = False
 
     def __init__(self, ctx: ModelContext, cfg: BackboneConfig) -> None:
         super().__init__()
@@ -64,8 +74,17 @@ class Backbone(nn.Module):
         self.cfg = cfg
         self.dim = cfg.embedding_dim
 
-    def propagate(self) -> tuple[Tensor, Tensor]:
+    def propagate(self, item_extra: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
+
+    def propagate_extra(self, extra: Tensor) -> tuple[Tensor, Tensor]:
+        """(U_part, I_part): what `propagate(item_extra=extra)` adds to `propagate()`; default: output only."""
+        return extra.new_zeros(self.n_users, extra.shape[1]), extra
+
+    def item_id_table(self) -> Tensor | None:
+        """The free item ID vectors [n_items, d] that propagation starts from (ID dropout zeroes rows of it
+        before propagation); None when the backbone's item input is not such a table."""
+        return None
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor, user_emb: Tensor, item_emb: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError

@@ -30,8 +30,11 @@ class BPRMF(Backbone):
         self.user_emb = xavier_embedding(ctx.n_users, self.dim, ctx.device)  # [U, d]
         self.item_emb = xavier_embedding(ctx.n_items, self.dim, ctx.device)  # [I, d]
 
-    def propagate(self) -> tuple[Tensor, Tensor]:
-        return self.user_emb, self.item_emb
+    def propagate(self, item_extra: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.user_emb, self.item_emb if item_extra is None else self.item_emb + item_extra
+
+    def item_id_table(self) -> Tensor:
+        return self.item_emb
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor, user_emb: Tensor, item_emb: Tensor) -> dict[str, Tensor]:
         """`user_emb`/`item_emb` are the full matrices from propagate() (item maybe plus MRdIB content)."""

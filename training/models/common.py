@@ -65,6 +65,16 @@ def l2_reg(*rows: Tensor) -> Tensor:
     return sum((r.pow(2).sum() for r in rows), torch.zeros((), device=rows[0].device)) / (2.0 * max(batch, 1))
 
 
+def norm_reg(*rows: Tensor) -> Tensor:
+    """Sum of the batch matrices' Frobenius norms (NOT squared), divided by the batch size: MMRec's EmbLoss.
+
+    Kept beside `l2_reg` because MMRec's VBPR grid is expressed in this form: its per-row gradient is
+    x / (|X|_F * batch), i.e. about 1/|X|_F of `l2_reg`'s, so the same reg_weight means a much weaker pull.
+    """
+    batch = rows[0].shape[0]
+    return sum((r.norm() for r in rows), torch.zeros((), device=rows[0].device)) / max(batch, 1)
+
+
 def xavier_embedding(n: int, d: int, device: torch.device) -> torch.nn.Parameter:
     """An [n, d] embedding table with MMRec's xavier-uniform init (draws from torch's global RNG)."""
     return torch.nn.Parameter(torch.nn.init.xavier_uniform_(torch.empty(n, d, device=device)))

@@ -85,6 +85,7 @@ def modality_mix_weights(modalities: list[str], p: FreedomParams) -> list[float]
 class FREEDOM(Backbone):
     name = "freedom"
     uses_features = True
+    propagates_items = True
 
     def __init__(self, ctx: ModelContext, cfg: BackboneConfig) -> None:
         super().__init__(ctx, cfg)
@@ -123,18 +124,28 @@ class FREEDOM(Backbone):
         keep = sample_edges(self.edge_weights, self.n_keep)
         self.masked_adj = norm_adjacency(self.edge_users[keep], self.edge_items[keep], self.n_users, self.n_items)
 
-    def propagate(self) -> tuple[Tensor, Tensor]:
+    def propagate(self, item_extra: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        items = self.item_emb if item_extra is None else self.item_emb + item_extra
+        return self._propagate(self.user_emb, items)
+
+    def propagate_extra(self, extra: Tensor) -> tuple[Tensor, Tensor]:
+        return self._propagate(extra.new_zeros(self.n_users, extra.shape[1]), extra)
+
+    def item_id_table(self) -> Tensor:
+        return self.item_emb
+
+    def _propagate(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
+        """LightGCN over the (pruned, in training) user-item graph plus the item-item view; linear in both inputs."""
         if self.training:
             if self.masked_adj is None:  # trainer skipped on_epoch_start: sample once now
                 self.on_epoch_start(0)
             adj = self.masked_adj
         else:
             adj = self.full_adj
-        h = self.item_emb  # [I, d] item-item view
+        h = items  # [I, d] item-item view
         for _ in range(self.params.n_mm_layers):
             h = self.mm_adj.mm(h)
-        ego = torch.cat([self.user_emb, self.item_emb], dim=0)  # [(U+I), d]
-        out = lightgcn_propagate(adj, ego, self.n_ui_layers)
+        out = lightgcn_propagate(adj, torch.cat([users, items], dim=0), self.n_ui_layers)  # [(U+I), d]
         return out[: self.n_users], out[self.n_users :] + h
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor, user_emb: Tensor, item_emb: Tensor) -> dict[str, Tensor]:

@@ -27,6 +27,7 @@ class LightGCNParams(ModelParams):
 class LightGCN(Backbone):
     name = "lightgcn"
     uses_features = False
+    propagates_items = True
 
     def __init__(self, ctx: ModelContext, cfg: BackboneConfig) -> None:
         super().__init__(ctx, cfg)
@@ -39,9 +40,18 @@ class LightGCN(Backbone):
         # the checkpoint (it is derived data, rebuilt from the training interactions).
         self.adj = norm_adjacency(u, i, ctx.n_users, ctx.n_items)  # sparse [(U+I), (U+I)]
 
-    def propagate(self) -> tuple[Tensor, Tensor]:
-        ego = torch.cat([self.user_emb, self.item_emb], dim=0)  # [(U+I), d]
-        out = lightgcn_propagate(self.adj, ego, self.n_layers)
+    def propagate(self, item_extra: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        items = self.item_emb if item_extra is None else self.item_emb + item_extra
+        return self._propagate(self.user_emb, items)
+
+    def propagate_extra(self, extra: Tensor) -> tuple[Tensor, Tensor]:
+        return self._propagate(extra.new_zeros(self.n_users, extra.shape[1]), extra)
+
+    def item_id_table(self) -> Tensor:
+        return self.item_emb
+
+    def _propagate(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
+        out = lightgcn_propagate(self.adj, torch.cat([users, items], dim=0), self.n_layers)  # [(U+I), d]
         return out[: self.n_users], out[self.n_users :]
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor, user_emb: Tensor, item_emb: Tensor) -> dict[str, Tensor]:

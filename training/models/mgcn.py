@@ -75,6 +75,7 @@ def _gate(d: int, device: torch.device) -> nn.Sequential:
 class MGCN(Backbone):
     name = "mgcn"
     uses_features = True
+    propagates_items = True
 
     def __init__(self, ctx: ModelContext, cfg: BackboneConfig) -> None:
         super().__init__(ctx, cfg)
@@ -103,25 +104,50 @@ class MGCN(Backbone):
         self._side: Tensor | None = None  # [(U+I), d]
         self._content: Tensor | None = None  # [(U+I), d]
         self._final: Tensor | None = None  # [(U+I), d]
+        self._linear_at: tuple[list[Tensor], Tensor, list[Tensor]] | None = None  # gates of the last propagate()
 
-    def _modality_view(self, m: str) -> Tensor:
+    def _modality_view(self, items: Tensor, gate: Tensor, m: str) -> Tensor:
         """Purified item view of modality m propagated over its kNN graph, with users: [(U+I), d]."""
-        h = self.item_emb * self.purify_gate[m](self.proj[m](self.feat[m]))  # [I, d]
+        h = items * gate  # [I, d]
         for _ in range(self.params.n_mm_layers):
             h = self.mm_adj[m].mm(h)
         return torch.cat([self.R.mm(h), h], dim=0)
 
-    def propagate(self) -> tuple[Tensor, Tensor]:
-        ego = torch.cat([self.user_emb, self.item_emb], dim=0)  # [(U+I), d]
-        content = lightgcn_propagate(self.adj, ego, self.n_ui_layers)  # user-item view
-        views = [self._modality_view(m) for m in self.modalities]  # M x [(U+I), d]
-        att = torch.softmax(torch.cat([self.query(v) for v in views], dim=1), dim=1)  # [(U+I), M]
+    def _fuse(self, views: list[Tensor], att: Tensor, prefer: list[Tensor]) -> Tensor:
+        """Behaviour-aware fuser: common part by attention, gated specific parts; returns the side view."""
         common = sum(att[:, j : j + 1] * v for j, v in enumerate(views))
-        specific = sum(self.prefer_gate[m](content) * (v - common) for m, v in zip(self.modalities, views, strict=True))
-        side = (specific + common) / (len(views) + 1)
+        specific = sum(p * (v - common) for p, v in zip(prefer, views, strict=True))
+        return (specific + common) / (len(views) + 1)
+
+    def propagate(self, item_extra: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        items = self.item_emb if item_extra is None else self.item_emb + item_extra
+        ego = torch.cat([self.user_emb, items], dim=0)  # [(U+I), d]
+        content = lightgcn_propagate(self.adj, ego, self.n_ui_layers)  # user-item view
+        gates = [self.purify_gate[m](self.proj[m](self.feat[m])) for m in self.modalities]  # M x [I, d]
+        views = [self._modality_view(items, g, m) for g, m in zip(gates, self.modalities, strict=True)]
+        att = torch.softmax(torch.cat([self.query(v) for v in views], dim=1), dim=1)  # [(U+I), M]
+        prefer = [self.prefer_gate[m](content) for m in self.modalities]  # M x [(U+I), d]
+        side = self._fuse(views, att, prefer)
         final = content + side
         self._side, self._content, self._final = side, content, final
+        self._linear_at = (gates, att, prefer)
         return final[: self.n_users], final[self.n_users :]
+
+    def propagate_extra(self, extra: Tensor) -> tuple[Tensor, Tensor]:
+        """The part of the last propagate()'s output due to `extra`, with the attention and the purify and
+        preference gates held at their values in that call: with them fixed the whole map is linear in the
+        item input, so the ID part plus the parts of all extras add up exactly to that call's output."""
+        if self._linear_at is None:
+            raise RuntimeError("MGCN.propagate_extra() needs a preceding propagate() call")
+        gates, att, prefer = self._linear_at
+        ego = torch.cat([extra.new_zeros(self.n_users, extra.shape[1]), extra], dim=0)
+        content = lightgcn_propagate(self.adj, ego, self.n_ui_layers)
+        views = [self._modality_view(extra, g, m) for g, m in zip(gates, self.modalities, strict=True)]
+        final = content + self._fuse(views, att, prefer)
+        return final[: self.n_users], final[self.n_users :]
+
+    def item_id_table(self) -> Tensor:
+        return self.item_emb
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor, user_emb: Tensor, item_emb: Tensor) -> dict[str, Tensor]:
         if self._side is None or self._content is None or self._final is None:

@@ -48,6 +48,7 @@ Concrete choices where MRdIB.md leaves one open (each is switchable through MRdI
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from itertools import combinations
 
@@ -73,29 +74,64 @@ EXPORT_BLOCK = 8192
 _SIGMA_SHIFT = 5.0  # sigma = softplus(W_s h - 5): starts near 0.007, i.e. an almost deterministic code
 
 
+def principal_axes(x: Tensor, k: int) -> Tensor:
+    """The top-k principal axes [d, k] of the rows of x (eigenvectors of the covariance, largest first).
+
+    Deterministic (eigh of the d x d covariance, sign fixed so each axis' largest entry is positive), and
+    O(n d^2): cheap next to training for catalogue features up to a few thousand dimensions."""
+    xc = x.double() - x.double().mean(0, keepdim=True)
+    _, vecs = torch.linalg.eigh(xc.T @ xc)  # ascending eigenvalues
+    axes = vecs[:, -k:].flip(1)
+    sign = torch.sign(axes.gather(0, axes.abs().argmax(0, keepdim=True)))
+    return (axes * sign).to(x.dtype)
+
+
+def _synergy_penalty(margin: Tensor, kind: str) -> Tensor:
+    """Penalty on the masked synergy branch still separating i+ from i- (margin m), per triple.
+
+    (sigmoid(m) - 0.5)^2 is bounded, but its gradient vanishes once |m| is large, exactly where the branch
+    leaks most; log cosh(m) = |m| - log 2 for large |m| keeps a gradient of tanh(m) -> +-1 there, and behaves
+    like m^2 / 2 near 0. (Computed as softplus(2m) - m - log 2, which cannot overflow.)"""
+    if kind == "sigmoid_sq":
+        return (torch.sigmoid(margin) - 0.5) ** 2
+    return F.softplus(2.0 * margin) - margin - math.log(2.0)
+
+
 class ModalityEncoder(nn.Module):
     """h = LeakyReLU(W x_std + b); mu = W_mu h; sigma = softplus(W_s h - 5) (only when stochastic).
 
     x_std = (x - mean) * inv_std is the standardised input. `forward(x, raw=True)` takes raw features and folds
     the standardisation into the first layer, W x_std + b = (W * inv_std) x + (b - (W * inv_std) mean), which
     costs O(hidden * d_in) per step instead of two elementwise passes over every [n, d_in] input.
+
+    `reduce_to` > 0 (and below the input width) first projects x on its top principal axes over the catalogue
+    (a fixed buffer, part of the exported graph): a 384-d title embedding has far more dimensions than an item
+    with a handful of interactions can constrain, and the leading axes keep most of what differs between items.
+    The standardisation then acts on the projected coordinates; `in_dim` is the width the first layer reads.
     """
 
     def __init__(
-        self, in_dim: int, hidden_dim: int, latent_dim: int, stochastic: bool, x: Tensor, dropout: float = 0.0
+        self, hidden_dim: int, latent_dim: int, stochastic: bool, x: Tensor, dropout: float = 0.0, reduce_to: int = 0
     ) -> None:
         super().__init__()
         self.dropout = dropout
+        self.register_buffer("axes", principal_axes(x, reduce_to) if 0 < reduce_to < x.shape[1] else None)
+        if self.axes is not None:
+            x = x @ self.axes
+        self.in_dim = int(x.shape[1])
         self.register_buffer("mean", x.mean(0))
         self.register_buffer("inv_std", 1.0 / x.std(0, unbiased=False).clamp_min(1e-6))
-        self.hidden = nn.Linear(in_dim, hidden_dim)
+        self.hidden = nn.Linear(self.in_dim, hidden_dim)
         self.mu = nn.Linear(hidden_dim, latent_dim)
         self.sigma = nn.Linear(hidden_dim, latent_dim) if stochastic else None
 
     def forward(self, x: Tensor, raw: bool = True) -> tuple[Tensor, Tensor | None]:
         if raw:
             w = self.hidden.weight * self.inv_std
-            pre = F.linear(x, w, self.hidden.bias - w @ self.mean)
+            if self.axes is not None:  # fold the projection in too: W (V^T x - mean) = (W V^T) x - W mean
+                pre = F.linear(x, w @ self.axes.T, self.hidden.bias - w @ self.mean)
+            else:
+                pre = F.linear(x, w, self.hidden.bias - w @ self.mean)
         else:
             pre = self.hidden(x)
         h = F.leaky_relu(pre, 0.2)
@@ -154,6 +190,25 @@ class PluginState:
     synergy_blocks: list[Tensor] | None  # per modality [N, hidden]: W1_k z_k (see SynergyBranch)
     parts: dict[str, Tensor] = field(default_factory=dict)  # component name -> [N, d] (P's blocks)
 
+    def select(self, rows: Tensor) -> PluginState:
+        """The same representations for `self.items[rows]` only (e.g. a batch's items out of the catalogue)."""
+
+        def pick(ts: list[Tensor]) -> list[Tensor]:
+            return [t[rows] for t in ts]
+
+        return PluginState(
+            items=self.items[rows],
+            z=pick(self.z),
+            mu=pick(self.mu),
+            sigma=[None if t is None else t[rows] for t in self.sigma],
+            shared_m=pick(self.shared_m),
+            shared=self.shared[rows],
+            unique=pick(self.unique),
+            synergy=None if self.synergy is None else self.synergy[rows],
+            synergy_blocks=None if self.synergy_blocks is None else pick(self.synergy_blocks),
+            parts={k: v[rows] for k, v in self.parts.items()},
+        )
+
     @property
     def content(self) -> Tensor:
         """P [s; u_1..u_M; z_syn], summed in component order (the order export uses)."""
@@ -186,7 +241,7 @@ class MRdIB(nn.Module):
 
         lat, hid = cfg.latent_dim, cfg.hidden_dim
         self.encoders = nn.ModuleList(
-            ModalityEncoder(x.shape[1], hid, lat, stochastic=cfg.use_ib, x=x, dropout=cfg.dropout)
+            ModalityEncoder(hid, lat, stochastic=cfg.use_ib, x=x, dropout=cfg.dropout, reduce_to=cfg.input_pca)
             for x in self._features
         )
         self.sufficiency_heads = (
@@ -294,8 +349,8 @@ class MRdIB(nn.Module):
         [1, latent] for "zero" (the same input for every item), [n, latent] for "noise"."""
         enc, ref = self.encoders[k], self._features[k]
         if self.cfg.synergy_mask == "zero":
-            return enc(ref.new_zeros(1, ref.shape[1]), raw=False)[0]
-        return enc(torch.randn(n, ref.shape[1], device=ref.device, dtype=ref.dtype), raw=False)[0]
+            return enc(ref.new_zeros(1, enc.in_dim), raw=False)[0]
+        return enc(torch.randn(n, enc.in_dim, device=ref.device, dtype=ref.dtype), raw=False)[0]
 
     def masked_synergy(self, state: PluginState, k: int, at: Tensor) -> Tensor:
         """P_syn z_syn [len(at), d] of the items at positions `at` of `state.items`, with modality k withheld.
@@ -311,14 +366,26 @@ class MRdIB(nn.Module):
         return self.proj_synergy(self.synergy.head(pre))
 
     def losses(self, state: PluginState, user: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
-        """Unweighted MRdIB terms for a batch.
+        """Unweighted MRdIB terms for a batch (each divided by its chance-level scale when `normalize_terms`).
 
         user: [B, d] the backbone's final user vectors of the triples; pos, neg: int64 [B] positions of
         each triple's items in `state.items`.
+
+        Scales (`normalize_terms`): a sum of k InfoNCE terms over n rows is divided by k log n, of k BPR terms
+        by k log 2 (their values when nothing is learnt), of k dependence estimates in [0, 1] by k, and the
+        synergy penalty by its maximum ((sigmoid - 0.5)^2 <= 1/4 per modality) or, for log cosh, by the number
+        of modalities. Unnormalised, an InfoNCE term is ~5 and a dependence term < 1, so one lambda would weigh
+        them very differently.
         """
         cfg, out = self.cfg, {}
         n_mod = len(self.modalities)
         device = user.device
+        norm = cfg.normalize_terms
+        pairs = list(combinations(range(n_mod), 2))
+
+        def scaled(value: Tensor, chance: float) -> Tensor:
+            return value / chance if norm and chance > 0 else value
+
         if cfg.content_reg > 0.0:
             content = state.content
             out["mrdib_creg"] = ((content[pos] ** 2).sum() + (content[neg] ** 2).sum()) / (2.0 * max(len(pos), 1))
@@ -332,16 +399,17 @@ class MRdIB(nn.Module):
                 suf = suf + bpr_loss(user, q[pos], q[neg])
                 assert sigma is not None
                 kl = kl + 0.5 * (mu * mu + sigma * sigma - 2.0 * torch.log(sigma) - 1.0).sum(-1).mean()
-            out["mrdib_suf"], out["mrdib_kl"] = suf, kl
+            out["mrdib_suf"], out["mrdib_kl"] = scaled(suf, n_mod * math.log(2.0)), kl
 
         if cfg.use_unique:
             rows = self._subset(len(pos), device)
             p_rows = pos if rows is None else pos[rows]
             e_u = user if rows is None else user[rows]
+            log_n = math.log(max(len(p_rows), 2))
             uni = user.new_zeros(())
             for m in self.modalities:
                 uni = uni + info_nce(e_u, state.parts[f"unique:{m}"][p_rows], cfg.temperature)
-            out["mrdib_uni"] = uni
+            out["mrdib_uni"] = scaled(uni, n_mod * log_n)
             if self.cond_query is not None and self.cond_key is not None:
                 cond = user.new_zeros(())
                 for a in range(n_mod):
@@ -350,7 +418,7 @@ class MRdIB(nn.Module):
                         if a != b:
                             key = self.cond_key[b](state.unique[b][p_rows])
                             cond = cond + info_nce(query, key, cfg.temperature, symmetric=False)
-                out["mrdib_uni_cond"] = cond
+                out["mrdib_uni_cond"] = scaled(cond, n_mod * (n_mod - 1) * log_n)
 
         if cfg.use_redundant:
             rows = self._subset(len(state.items), device)
@@ -358,12 +426,12 @@ class MRdIB(nn.Module):
             def sub(t: Tensor) -> Tensor:
                 return t if rows is None else t[rows]
 
+            log_n = math.log(max(len(state.items) if rows is None else len(rows), 2))
             nce = user.new_zeros(())
-            for a, b in combinations(range(n_mod), 2):
+            for a, b in pairs:
                 nce = nce + info_nce(sub(state.shared_m[a]), sub(state.shared_m[b]), cfg.temperature)
-            out["mrdib_red_nce"] = nce
+            out["mrdib_red_nce"] = scaled(nce, len(pairs) * log_n)
             dep = user.new_zeros(())
-            pairs = list(combinations(range(n_mod), 2))
             if self.club_us is not None and self.club_uu is not None:
                 s_std, u_std = standardise(sub(state.shared)), [standardise(sub(u)) for u in state.unique]
                 for k in range(n_mod):
@@ -378,11 +446,11 @@ class MRdIB(nn.Module):
                     dep = dep + gram_dependence(g_u[k], g_s)
                 for a, b in pairs:
                     dep = dep + gram_dependence(g_u[a], g_u[b])
-            out["mrdib_red_dep"] = dep
+            out["mrdib_red_dep"] = scaled(dep, n_mod + len(pairs))
 
         if cfg.use_synergy:
             syn = state.parts["synergy"]
-            out["mrdib_syn_bpr"] = bpr_loss(user, syn[pos], syn[neg])
+            out["mrdib_syn_bpr"] = scaled(bpr_loss(user, syn[pos], syn[neg]), math.log(2.0))
             rows = self._subset(len(pos), device)
             p_rows, n_rows = (pos, neg) if rows is None else (pos[rows], neg[rows])
             e_u = user if rows is None else user[rows]
@@ -390,8 +458,8 @@ class MRdIB(nn.Module):
             for k in range(n_mod):
                 masked = self.masked_synergy(state, k, torch.cat([p_rows, n_rows]))
                 margin = (e_u * (masked[: len(p_rows)] - masked[len(p_rows) :])).sum(-1)
-                mask = mask + ((torch.sigmoid(margin) - 0.5) ** 2).mean()
-            out["mrdib_syn_mask"] = mask
+                mask = mask + _synergy_penalty(margin, cfg.synergy_penalty).mean()
+            out["mrdib_syn_mask"] = scaled(mask, n_mod * (0.25 if cfg.synergy_penalty == "sigmoid_sq" else 1.0))
         return out
 
     def weighted_total(self, terms: dict[str, Tensor]) -> Tensor | None:

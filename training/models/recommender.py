@@ -14,9 +14,25 @@ With MRdIB off (None or enabled=False) the Recommender owns no extra parameter, 
 number and computes exactly `sum(backbone.loss(users, pos, neg, *backbone.propagate()).values())`, so a
 run is bit-for-bit the plain backbone's run.
 
-With MRdIB on, the content vector P[s; u_1..u_M; z_syn] is added to the backbone's item vectors at the
-output of propagate(). In training it is computed only for the batch's distinct items and scattered
-into a copy of the item table (index_add), so the cost does not grow with the catalogue beyond that copy.
+With MRdIB on, the content vector P[s; u_1..u_M; z_syn] joins the backbone's item vectors in one of two
+places (`MRdIBConfig.content_at`):
+
+- "output": added to the item vectors propagate() returns. In training it is computed only for the
+  batch's distinct items and scattered into a copy of the item table (index_add), so the cost does not
+  grow with the catalogue beyond that copy.
+- "ego" (graph backbones): added to the item ID table BEFORE propagation, as ../shared/docs/MRdIB.md
+  section 3 reads: a user's vector then aggregates the content of the items it interacted with, which is
+  what a user with 3-4 training items has most of. The whole catalogue's content is encoded every step
+  (propagation needs every item). The auxiliary terms still see only the batch's distinct items. For a
+  backbone that does not propagate, both places are the same and "output" is used.
+
+Exported components in "ego" mode are the propagated parts: each content block is pushed through the
+backbone on its own (`Backbone.propagate_extra`), and "collaborative" is the rest, so the components still
+add up to the item vector and each says what that block contributes to the scores.
+
+ID dropout (`MRdIBConfig.id_dropout`) zeroes, per step, the ID vectors of a random share of the batch's
+distinct items (their backbone item vector in "output" mode, their ID row before propagation in "ego"
+mode), so that the content path must rank those items alone: it is what serves the long tail.
 """
 
 from __future__ import annotations
@@ -31,7 +47,7 @@ from torch import Tensor, nn
 from training.checkpoint import Embeddings
 from training.config import MRdIBConfig, TrainConfig
 from training.models.base import Backbone, ModelContext
-from training.models.mrdib import MRdIB, PluginState
+from training.models.mrdib import MRdIB
 
 
 class Recommender(nn.Module):
@@ -45,34 +61,58 @@ class Recommender(nn.Module):
         self._aux_cache: tuple[Tensor, Tensor, list[Tensor], Tensor] | None = None
 
     # ------------------------------------------------------------------ training
-    def _plugin_state(self, pos: Tensor, neg: Tensor, sample: bool) -> tuple[PluginState, Tensor, Tensor]:
+    @property
+    def content_before_propagation(self) -> bool:
+        return (
+            self.mrdib is not None and self.mrdib.cfg.content_at == "ego" and self.backbone.propagates_items
+        )
+
+    def _dropped_ids(self, items: Tensor) -> Tensor | None:
+        """Catalogue rows among `items` whose ID vector this step zeroes (None: ID dropout off or eval)."""
         assert self.mrdib is not None
-        items, inverse = torch.unique(torch.cat([pos, neg]), return_inverse=True)
-        state = self.mrdib.encode(items, sample=sample)
-        return state, inverse[: len(pos)], inverse[len(pos) :]
+        rate = self.mrdib.cfg.id_dropout
+        if rate <= 0.0 or not self.training:
+            return None
+        return items[torch.rand(len(items), device=items.device) < rate]
 
     def forward(self, users: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
         """Loss terms of one batch of (user, positive item, negative item) triples; "loss" is the total."""
-        user_emb, item_emb = self.backbone.propagate()
         if self.mrdib is None:
+            user_emb, item_emb = self.backbone.propagate()
             terms = self.backbone.loss(users, pos, neg, user_emb, item_emb)
             total = sum(terms.values())
+            assert isinstance(total, Tensor)
+            return {"loss": total, **terms}
+
+        items, inverse = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+        pos_idx, neg_idx = inverse[: len(pos)], inverse[len(pos) :]
+        dropped = self._dropped_ids(items)
+        if self.content_before_propagation:
+            full = self.mrdib.encode(torch.arange(self.n_items, device=items.device), sample=self.training)
+            extra = full.content
+            table = self.backbone.item_id_table()
+            if dropped is not None and table is not None and len(dropped):
+                extra = extra.index_add(0, dropped, -table[dropped].to(extra.dtype))
+            user_emb, item_emb = self.backbone.propagate(item_extra=extra)
+            state = full.select(items)  # the auxiliary terms see the batch's distinct items only
         else:
-            state, pos_idx, neg_idx = self._plugin_state(pos, neg, sample=self.training)
+            user_emb, item_emb = self.backbone.propagate()
+            state = self.mrdib.encode(items, sample=self.training)
+            if dropped is not None and len(dropped):
+                item_emb = item_emb.index_add(0, dropped, -item_emb[dropped])
             # cast: under bf16 autocast the content comes out of Linear layers in bf16, the table may be fp32
             item_emb = item_emb.index_add(0, state.items, state.content.to(item_emb.dtype))
-            terms = self.backbone.loss(users, pos, neg, user_emb, item_emb)
-            total = sum(terms.values())
-            extra = self.mrdib.losses(state, user_emb[users], pos_idx, neg_idx)
-            if self.mrdib.aux_parameters():
-                # what aux_loss needs, detached: saves re-encoding the same batch for the CLUB step
-                self._aux_cache = (pos, neg, [u.detach() for u in state.unique], state.shared.detach())
-            weighted = self.mrdib.weighted_total(extra)
-            if weighted is not None:
-                total = total + weighted
-            terms = {**terms, **extra}
+        terms = self.backbone.loss(users, pos, neg, user_emb, item_emb)
+        total = sum(terms.values())
+        extra_terms = self.mrdib.losses(state, user_emb[users], pos_idx, neg_idx)
+        if self.mrdib.aux_parameters():
+            # what aux_loss needs, detached: saves re-encoding the same batch for the CLUB step
+            self._aux_cache = (pos, neg, [u.detach() for u in state.unique], state.shared.detach())
+        weighted = self.mrdib.weighted_total(extra_terms)
+        if weighted is not None:
+            total = total + weighted
         assert isinstance(total, Tensor)
-        return {"loss": total, **terms}
+        return {"loss": total, **terms, **extra_terms}
 
     def aux_loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor | None:
         """The CLUB estimators' own objective on this batch (only aux parameters get gradients); None if none."""
@@ -85,7 +125,8 @@ class Recommender(nn.Module):
             unique, shared = cache[2], cache[3]
         else:
             with torch.no_grad():
-                state, _, _ = self._plugin_state(pos, neg, sample=self.training)
+                items = torch.unique(torch.cat([pos, neg]))
+                state = self.mrdib.encode(items, sample=self.training)
             unique, shared = state.unique, state.shared
         return self.mrdib.club_objective(unique, shared)
 
@@ -95,6 +136,23 @@ class Recommender(nn.Module):
     def main_parameters(self) -> list[nn.Parameter]:
         aux = {id(p) for p in self.aux_parameters()}
         return [p for p in self.parameters() if id(p) not in aux]
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """Adam parameter groups: everything at `weight_decay`, the plug-in's own main parameters at
+        `weight_decay + mrdib.weight_decay` (weight decay on the encoders instead of, or besides, the
+        content_reg penalty on their output)."""
+        extra = 0.0 if self.mrdib is None else self.mrdib.cfg.weight_decay
+        if extra <= 0.0:
+            return [{"params": self.main_parameters(), "weight_decay": weight_decay}]
+        assert self.mrdib is not None
+        aux = {id(p) for p in self.aux_parameters()}
+        plugin = [p for p in self.mrdib.parameters() if id(p) not in aux]
+        own = {id(p) for p in plugin}
+        rest = [p for p in self.main_parameters() if id(p) not in own]
+        return [
+            {"params": rest, "weight_decay": weight_decay},
+            {"params": plugin, "weight_decay": weight_decay + extra},
+        ]
 
     def on_epoch_start(self, epoch: int) -> None:
         self.backbone.on_epoch_start(epoch)
@@ -112,11 +170,21 @@ class Recommender(nn.Module):
             self.train(was_training)
 
     def _components(self) -> tuple[Tensor, dict[str, Tensor]]:
-        user, item = self.backbone.propagate()
-        comps = {"collaborative": item}
-        if self.mrdib is not None:
-            comps.update(self.mrdib.catalogue_parts(self.n_items))
-        return user, comps
+        if self.mrdib is None:
+            user, item = self.backbone.propagate()
+            return user, {"collaborative": item}
+        parts = self.mrdib.catalogue_parts(self.n_items)
+        if not self.content_before_propagation:
+            user, item = self.backbone.propagate()
+            return user, {"collaborative": item, **parts}
+        # content before propagation: each block's propagated share; the ID part is the rest (exact by
+        # linearity for LightGCN/FREEDOM, by construction for MGCN's linearisation)
+        user, item = self.backbone.propagate(item_extra=self._sum(parts))
+        shares = {name: self.backbone.propagate_extra(p)[1] for name, p in parts.items()}
+        collaborative = item
+        for share in shares.values():
+            collaborative = collaborative - share
+        return user, {"collaborative": collaborative, **shares}
 
     @staticmethod
     def _sum(comps: dict[str, Tensor]) -> Tensor:

@@ -12,10 +12,19 @@ ID part, the rest for the content projection.
 
 Params (`BackboneConfig.params`):
     id_dim: int | None = None   -> embedding_dim // 2; must leave >= 1 dim for the content part.
-reg_weight (`BackboneConfig.reg_weight`, MMRec grid 1e-5..2): L2 on the batch's user and item ID rows.
+    reg_on: "id" | "full"       what reg_weight penalises: the batch's user and item ID rows ("id"), or the
+                                user rows and the WHOLE item vectors, content projection included ("full",
+                                MMRec's choice: it also regularises the content path).
+    reg_form: "squared" | "norm"   0.5 * squared norms / batch (`common.l2_reg`, this project's form), or
+                                MMRec's EmbLoss, un-squared Frobenius norms / batch (`common.norm_reg`).
+reg_weight (`BackboneConfig.reg_weight`, MMRec grid 1e-5..2): weight of that penalty.
+MMRec's own VBPR is `embedding_dim: 128, params: {id_dim: 64, reg_on: full, reg_form: norm}` here: a 128-d
+user vector against [64-d ID ; 64-d content] items.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -27,6 +36,7 @@ from training.models.common import (
     ModelParams,
     bpr_loss,
     l2_reg,
+    norm_reg,
     parse_params,
     require_modalities,
     xavier_embedding,
@@ -35,6 +45,8 @@ from training.models.common import (
 
 class VBPRParams(ModelParams):
     id_dim: int | None = Field(None, ge=1, description="width of the ID part; default embedding_dim // 2")
+    reg_on: Literal["id", "full"] = "id"
+    reg_form: Literal["squared", "norm"] = "squared"
 
 
 class VBPR(Backbone):
@@ -58,12 +70,15 @@ class VBPR(Backbone):
         nn.init.xavier_normal_(self.proj.weight)  # MMRec's xavier_normal_initialization
         nn.init.zeros_(self.proj.bias)
 
-    def propagate(self) -> tuple[Tensor, Tensor]:
+    def propagate(self, item_extra: Tensor | None = None) -> tuple[Tensor, Tensor]:
         items = torch.cat([self.item_emb, self.proj(self.raw)], dim=1)  # [I, d]
-        return self.user_emb, items
+        return self.user_emb, items if item_extra is None else items + item_extra
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor, user_emb: Tensor, item_emb: Tensor) -> dict[str, Tensor]:
-        return {
-            "bpr": bpr_loss(user_emb[users], item_emb[pos], item_emb[neg]),
-            "reg": self.cfg.reg_weight * l2_reg(self.user_emb[users], self.item_emb[pos], self.item_emb[neg]),
-        }
+        if self.params.reg_on == "full":  # the backbone's own item vectors (ID ; projection), never MRdIB's content
+            own = torch.cat([self.item_emb[torch.cat([pos, neg])], self.proj(self.raw[torch.cat([pos, neg])])], 1)
+            rows = (self.user_emb[users], own[: len(pos)], own[len(pos) :])
+        else:
+            rows = (self.user_emb[users], self.item_emb[pos], self.item_emb[neg])
+        reg = l2_reg(*rows) if self.params.reg_form == "squared" else norm_reg(*rows)
+        return {"bpr": bpr_loss(user_emb[users], item_emb[pos], item_emb[neg]), "reg": self.cfg.reg_weight * reg}
