@@ -134,12 +134,20 @@ class Row:
 
 
 def row_space(study: StudyConfig, row: Row) -> dict[str, list[Any]]:
-    """Dotted key -> choices searched for this row (later layers win on a shared key)."""
+    """Dotted key -> choices searched for this row (later layers win on a shared key).
+
+    `mrdib.content_at` is dropped for backbones that do not propagate items (BPR-MF, VBPR): for them both
+    places are the same model, and searching it would only spend their trials twice on one point."""
+    from training.models.registry import BACKBONES
+
     space = {**study.space, **study.backbone_space.get(row.backbone, {})}
     if row.variant in ("content", "mrdib"):
         space.update(study.content_space)
     if row.variant == "mrdib":
         space.update(study.mrdib_space)
+    backbone = BACKBONES.get(row.backbone)
+    if backbone is not None and not backbone.propagates_items:
+        space.pop("mrdib.content_at", None)
     return space
 
 
@@ -208,8 +216,14 @@ class Job:
 _DATASETS: dict[str, Any] = {}
 
 
+FAILED = "failed.json"
+
+
 def _train_job(job: Job) -> dict:
-    """Worker entry point: train (or reuse) one run; returns its metrics.json."""
+    """Worker entry point: train (or reuse) one run; returns its metrics.json.
+
+    A run that diverges (the trainer raises FloatingPointError on a non-finite loss) is a legitimate outcome
+    of a random trial, not a reason to stop the study: it is recorded in failed.json and scores -inf."""
     from training.config import TrainConfig
     from training.experiment import _run_one, resolve_dataset
 
@@ -217,12 +231,20 @@ def _train_job(job: Job) -> dict:
     assert cfg.data is not None
     if cfg.data not in _DATASETS:
         _DATASETS[cfg.data] = resolve_dataset(cfg.data, job.cache_dir)
-    return _run_one(cfg, _DATASETS[cfg.data], Path(job.run_dir), curves=False)
+    try:
+        return _run_one(cfg, _DATASETS[cfg.data], Path(job.run_dir), curves=False)
+    except FloatingPointError as e:
+        failed = {"failed": str(e), "valid_metric": cfg.valid_metric, "valid": {cfg.valid_metric: -math.inf}}
+        (Path(job.run_dir) / FAILED).write_text(json.dumps(failed), encoding="utf-8")
+        return failed
 
 
 def _finished(job: Job) -> dict | None:
-    path = Path(job.run_dir) / "metrics.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    for name in ("metrics.json", FAILED):
+        path = Path(job.run_dir) / name
+        if path.is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
+    return None
 
 
 def run_jobs(jobs: list[Job], n_workers: int, log: Callable[[str], None]) -> list[dict]:
@@ -251,6 +273,8 @@ def run_jobs(jobs: list[Job], n_workers: int, log: Callable[[str], None]) -> lis
 def _describe(job: Job, m: dict | None) -> str:
     assert m is not None
     rel = os.path.relpath(job.run_dir)
+    if "failed" in m:
+        return f"{rel}: FAILED ({m['failed']})"
     valid = m["valid"][m["valid_metric"]]
     return f"{rel}: valid {valid:.4f} test recall@20 {m['test']['recall@20']:.4f} ({m['seconds']:.0f}s)"
 
@@ -301,10 +325,10 @@ def run_study(study: StudyConfig, config_path: Path, log: Callable[[str], None] 
         out[spec] = []
         for row in rows:
             k, valids = winners[row]
-            runs = [next(metrics) for _ in final[row]]
-            out[spec].append(
-                RowResult(row, k, trials[row][k], valids[k], valids, runs, [Path(j.run_dir) for j in final[row]])
-            )
+            done = [(m, Path(j.run_dir)) for j, m in ((j, next(metrics)) for j in final[row]) if "failed" not in m]
+            if done:  # a winner whose every seed diverged has nothing to report (render() says so)
+                runs, dirs = [m for m, _ in done], [d for _, d in done]
+                out[spec].append(RowResult(row, k, trials[row][k], valids[k], valids, runs, dirs))
     section = render(study, config_path, out, time.perf_counter() - t0)
     from mrdib.doc_sections import replace_section
 
@@ -379,7 +403,8 @@ def render(study: StudyConfig, config_path: Path, out: dict[str, list[RowResult]
                      "N@20 vs plain | N@20 vs content | best epoch | s/run |")  # fmt: skip
         lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for r in results:
-            cells = [f"{_point(r.point)} ({r.valid:.4f})"]
+            failed = len(study.seeds) - len(r.runs)
+            cells = [f"{_point(r.point)} ({r.valid:.4f})" + (f"; {failed} seed(s) diverged" if failed else "")]
             for k in REPORTED:
                 m, s = _mean_std([x["test"][k] for x in r.runs])
                 cells.append(f"{m:.4f} ± {s:.4f}")
@@ -394,6 +419,9 @@ def render(study: StudyConfig, config_path: Path, out: dict[str, list[RowResult]
             cells.append(f"{_mean_std([x['best_epoch'] + 1.0 for x in r.runs])[0]:.0f}")
             cells.append(f"{_mean_std([float(x['seconds']) for x in r.runs])[0]:.0f}")
             lines.append(f"| {r.row.label} | " + " | ".join(cells) + " |")
+        missing = [f"{b}{LABELS[v]}" for b in study.backbones for v in study.variants if (b, v) not in by]
+        if missing:
+            lines += ["", f"Every seed of the winner diverged (no numbers): {', '.join(missing)}."]
         best = max(results, key=lambda r: _mean_std([x["test"]["recall@20"] for x in r.runs])[0])
         lines += ["", f"Best row by mean test Recall@20: **{best.row.label}**."]
     return "\n".join(lines) + "\n"
