@@ -25,7 +25,7 @@ def ds():
 
 @pytest.mark.parametrize("backbone", GRAPH)
 def test_content_before_propagation_reaches_users_and_components_add_up(ds, backbone: str) -> None:
-    model, ctx = make(ds, backbone, content_at="ego", init_scale=1.0)
+    model, _ctx = make(ds, backbone, content_at="ego", init_scale=1.0)
     out, _ = make(ds, backbone, content_at="output", init_scale=1.0)
     out.load_state_dict(model.state_dict())
     assert model.content_before_propagation and not out.content_before_propagation
@@ -37,7 +37,7 @@ def test_content_before_propagation_reaches_users_and_components_add_up(ds, back
     total = sum(emb.components.values())
     torch.testing.assert_close(torch.as_tensor(total), torch.as_tensor(emb.item), atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.as_tensor(emb.item), i_ego, atol=1e-5, rtol=0)
-    assert list(emb.components)[0] == "collaborative" and "shared" in emb.components
+    assert next(iter(emb.components)) == "collaborative" and "shared" in emb.components
 
 
 @pytest.mark.parametrize("backbone", ("lightgcn", "freedom"))

@@ -1,7 +1,10 @@
 """Typed training configuration: one object, read from a YAML/TOML file, overridden from the CLI.
 
-Defaults follow the MMRec family's published settings (embedding 64, Adam lr 1e-3, batch 2048,
-early stopping on validation Recall@20) so numbers compare with the literature.
+The field defaults follow the MMRec family's published settings (embedding 64, Adam lr 1e-3, batch 2048,
+early stopping on validation Recall@20) so numbers compare with the literature. `load_config` lays the
+settings VALIDATED for the chosen backbone (training/presets.py, with or without the plug-in) over them,
+then the config file, then the overrides: `mrdib train --backbone freedom --mrdib` with nothing else gets
+the settings the equal-budget study chose on validation, not the literature's generic ones.
 """
 
 from __future__ import annotations
@@ -89,6 +92,11 @@ class MRdIBConfig(_Cfg):
 
 
 class TrainConfig(_Cfg):
+    validated_defaults: bool = Field(
+        True,
+        description="lay the settings validated for this backbone (training/presets.py) under the config file "
+        "and overrides; false = the plain field defaults",
+    )
     data: str | None = None
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     mrdib: MRdIBConfig = Field(default_factory=lambda: MRdIBConfig(enabled=False))
@@ -109,7 +117,11 @@ class TrainConfig(_Cfg):
 
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a YAML or TOML file (or nothing), then apply dotted overrides like {'backbone.name': 'bpr'}."""
+    """Validated preset of the backbone < YAML or TOML file (or nothing) < dotted overrides like
+    {'backbone.name': 'bpr'}. The preset is chosen by the backbone and `mrdib.enabled` that the file and the
+    overrides end up with; `validated_defaults: false` (in either) leaves it out."""
+    from training.presets import preset
+
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -118,7 +130,22 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> T
         if not isinstance(data, dict):
             raise ValueError(f"{path}: top level must be a mapping")
     set_dotted(data, {k: v for k, v in (overrides or {}).items() if v is not None})
+    if data.get("validated_defaults", True):
+        backbone = (data.get("backbone") or {}).get("name", BackboneConfig.model_fields["name"].default)
+        enabled = bool((data.get("mrdib") or {}).get("enabled", False))
+        data = merge(set_dotted({}, preset(str(backbone), enabled)), data)
     return TrainConfig.model_validate(data)
+
+
+def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` over `base`, recursively for nested mappings (a new dict; neither argument changes)."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def set_dotted(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,11 @@ from training.config import TrainConfig
 _D = TrainConfig()  # the defaults --help shows (a --config file or --set overrides them)
 
 
+def _preset_default(name: str) -> str:
+    """--help text for a setting that the backbone's validated preset (training/presets.py) may replace."""
+    return f"{getattr(_D, name):g}, or the backbone's validated preset"
+
+
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """['backbone.n_layers=3', 'mrdib.beta=1e-3'] -> {'backbone.n_layers': 3, 'mrdib.beta': 0.001}.
 
@@ -84,19 +89,23 @@ def train_command(
         None, "--out", help="REQUIRED (or out: in --config; not with --resume): checkpoint directory to write.",
         show_default=False),
     backbone: str | None = typer.Option(
-        None, "--backbone", help="bpr, lightgcn, vbpr, freedom or mgcn.", show_default=f"{_D.backbone.name}"),
+        None, "--backbone", help="bpr, lightgcn, vbpr, freedom, mgcn, or auto: one run per backbone with its "
+        "validated settings, the best on validation kept (see --candidates).", show_default=f"{_D.backbone.name}"),
+    candidates: str | None = typer.Option(
+        None, "--candidates", help="With --backbone auto: comma-separated backbones to try.", show_default="all five"),
     mrdib: bool | None = typer.Option(
         None, "--mrdib/--no-mrdib", help="Add the MRdIB plug-in.", show_default=f"{_D.mrdib.enabled}"),
     seed: int | None = typer.Option(
         None, "--seed", help="Seed of initialisation, negatives and shuffling.", show_default=f"{_D.seed}"),
     epochs: int | None = typer.Option(
-        None, "--epochs", help="Maximum epochs (early stopping may end sooner).", show_default=f"{_D.epochs}"),
+        None, "--epochs", help="Maximum epochs (early stopping may end sooner).",
+        show_default=_preset_default("epochs")),
     patience: int | None = typer.Option(
         None, "--patience", help="Epochs without validation improvement before stopping.",
-        show_default=f"{_D.patience}"),
+        show_default=_preset_default("patience")),
     batch_size: int | None = typer.Option(
-        None, "--batch-size", help="Training triples per step.", show_default=f"{_D.batch_size}"),
-    lr: float | None = typer.Option(None, "--lr", help="Adam learning rate.", show_default=f"{_D.lr:g}"),
+        None, "--batch-size", help="Training triples per step.", show_default=_preset_default("batch_size")),
+    lr: float | None = typer.Option(None, "--lr", help="Adam learning rate.", show_default=_preset_default("lr")),
     device: str | None = typer.Option(
         None, "--device", help="auto (cuda if available), cpu or cuda.", show_default=f"{_D.device}"),
     amp: bool | None = typer.Option(
@@ -114,15 +123,21 @@ def train_command(
 ) -> None:
     """Train one model to early stop; write metrics.json, metrics.jsonl, curves.png and the checkpoint.
 
-    The defaults shown are the built-in configuration's; a --config file or --set changes them, and a flag
-    given here wins over both. Exit status 2: bad options or data (the message says which).
+    The defaults shown are the built-in configuration's; the settings validated for the chosen backbone (with
+    or without --mrdib; training/presets.py, docs/RESULTS.md) replace them, a --config file or --set changes
+    those, and a flag given here wins over all. Exit status 2: bad options or data (the message says which).
     """
     from training.data.dataset import DataError
 
     overrides = parse_overrides(set_)
+    auto = backbone == "auto"
+    if candidates is not None and not auto:
+        raise typer.BadParameter("--candidates goes with --backbone auto", param_hint="--candidates")
+    if auto and resume is not None:
+        raise typer.BadParameter("--backbone auto cannot --resume; resume the chosen run itself", param_hint="--resume")
     flags = {
         "data": data,
-        "backbone.name": backbone,
+        "backbone.name": None if auto else backbone,
         "mrdib.enabled": mrdib,
         "seed": seed,
         "epochs": epochs,
@@ -147,7 +162,20 @@ def train_command(
         from training.trainer import train
 
         dataset = resolve_dataset(cfg.data, cache_dir)
-        result = train(cfg, dataset, Path(out_dir), resume=resume is not None, progress=progress)
+        if auto:
+            from training.auto import CANDIDATES, train_auto
+
+            names = [c.strip() for c in candidates.split(",") if c.strip()] if candidates else list(CANDIDATES)
+            try:
+                chosen = train_auto(config, {**overrides, "out": str(out_dir)}, dataset, Path(out_dir), names,
+                                    progress=progress, log=lambda m: typer.echo(m, err=True))  # fmt: skip
+            except ValueError as e:
+                raise typer.BadParameter(str(e), param_hint="--candidates") from None
+            scores = ", ".join(f"{n} {v:.4f}" for n, v in chosen.valid.items())
+            typer.echo(f"auto: selected {chosen.backbone} on validation {chosen.metric} ({scores})")
+            result = chosen.result
+        else:
+            result = train(cfg, dataset, Path(out_dir), resume=resume is not None, progress=progress)
     except DataError as e:
         raise fail(e) from None
     if result.test:

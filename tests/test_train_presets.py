@@ -1,0 +1,70 @@
+"""Validated defaults (training/presets.py) under every config, and `mrdib train --backbone auto`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from _train_helpers import make_tiny, read_metrics
+from typer.testing import CliRunner
+
+from mrdib.cli import app
+from training import presets
+from training.config import load_config
+
+
+@pytest.fixture
+def fake_presets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        presets,
+        "PRESETS",
+        {
+            ("freedom", True): {"lr": 0.007, "mrdib.content_at": "ego", "backbone.params.knn_k": 5},
+            ("freedom", False): {"lr": 0.002},
+            ("bpr", False): {"backbone.reg_weight": 0.05},
+        },
+    )
+
+
+def test_the_backbone_s_preset_lies_under_the_file_and_the_flags(fake_presets: None, tmp_path: Path) -> None:
+    cfg = load_config(None, {"backbone.name": "freedom", "mrdib.enabled": True})
+    assert (cfg.lr, cfg.mrdib.content_at, cfg.backbone.params) == (0.007, "ego", {"knn_k": 5})
+    assert load_config(None, {"backbone.name": "freedom"}).lr == 0.002  # plain FREEDOM has its own preset
+    assert load_config(None, {"backbone.name": "bpr"}).backbone.reg_weight == 0.05
+    assert load_config(None, {"backbone.name": "lightgcn"}).lr == 1e-3  # no preset: the field default
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"backbone": {"name": "freedom", "params": {"dropout": 0.9}}, "lr": 0.01}))
+    cfg = load_config(path, {"mrdib.enabled": True})
+    assert cfg.lr == 0.01 and cfg.backbone.params == {"knn_k": 5, "dropout": 0.9}  # merged, file wins
+    assert load_config(path, {"mrdib.enabled": True, "lr": 0.02}).lr == 0.02  # flags win over the file
+    off = load_config(None, {"backbone.name": "freedom", "mrdib.enabled": True, "validated_defaults": False})
+    assert off.lr == 1e-3 and off.mrdib.content_at == "output"
+
+
+def test_shipped_presets_are_valid_configs() -> None:
+    for (backbone, enabled), over in presets.PRESETS.items():
+        cfg = load_config(None, {"backbone.name": backbone, "mrdib.enabled": enabled})
+        assert cfg.backbone.name == backbone and cfg.mrdib.enabled == enabled
+        assert not {k for k in over if k in ("data", "seed", "out", "device")}  # settings, not a run
+
+
+def test_auto_picks_the_backbone_on_validation(tmp_path: Path) -> None:
+    data = make_tiny(tmp_path / "data")
+    out = tmp_path / "auto-run"
+    sets = ["device=cpu", "threads=1", "batch_size=128", "backbone.embedding_dim=8", "topk=[10,20]"]
+    args = ["train", "--data", str(data), "--backbone", "auto", "--candidates", "bpr,lightgcn", "--no-mrdib",
+            "--epochs", "2", *(a for s in sets for a in ("--set", s)), "--no-progress", "--out", str(out)]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "auto.json").read_text(encoding="utf-8"))
+    assert set(report["valid"]) == {"bpr", "lightgcn"}
+    best = max(report["valid"], key=report["valid"].get)
+    assert report["selected"] == best and f"auto: selected {best}" in res.output
+    assert read_metrics(out)["backbone"] == best  # the winner's checkpoint is the run in --out
+    assert read_metrics(out)["valid"]["recall@20"] == report["valid"][best]
+    for name in ("bpr", "lightgcn"):
+        assert (out / "auto" / name / "metrics.json").is_file()
+    bad = CliRunner().invoke(app, [*args[:5], "--candidates", "nope", *args[7:]])
+    assert bad.exit_code == 2 and "unknown candidate" in bad.output
