@@ -12,7 +12,7 @@ from _mrdib_helpers import batch, make, planted
 
 from training.config import BackboneConfig
 from training.models.base import ModelContext
-from training.models.mrdib import ModalityEncoder, _synergy_penalty, principal_axes
+from training.models.mrdib import _synergy_penalty, principal_axes
 from training.models.registry import build_backbone
 
 GRAPH = ("lightgcn", "freedom", "mgcn")
@@ -98,18 +98,19 @@ def test_log_cosh_synergy_penalty_keeps_its_gradient_at_large_margins() -> None:
     assert torch.isfinite(_synergy_penalty(big, "logcosh")).all()
 
 
-def test_pca_inputs_project_on_principal_axes_inside_the_encoder() -> None:
+def test_pca_inputs_are_the_catalogue_s_principal_coordinates(ds) -> None:
     torch.manual_seed(0)
     x = torch.randn(200, 3) @ torch.randn(3, 30) + 0.01 * torch.randn(200, 30)
     axes = principal_axes(x, 3)
     torch.testing.assert_close(axes.T @ axes, torch.eye(3), atol=1e-5, rtol=0)
-    assert (x - x.mean(0)) @ axes @ axes.T == pytest.approx((x - x.mean(0)).numpy(), abs=0.05)
-    enc = ModalityEncoder(16, 8, stochastic=False, x=x, reduce_to=3)
-    assert enc.in_dim == 3 and enc.hidden.in_features == 3
-    reduced = x @ enc.axes
-    expected = enc((reduced - enc.mean) * enc.inv_std, raw=False)[0]
-    torch.testing.assert_close(enc(x)[0], expected, atol=1e-4, rtol=1e-4)
-    assert ModalityEncoder(16, 8, stochastic=False, x=x, reduce_to=64).axes is None  # not wider: untouched
+    centred = x - x.mean(0)
+    torch.testing.assert_close(centred @ axes @ axes.T, centred, atol=0.05, rtol=0)  # 3 axes hold it all
+    model, _ = make(ds, "bpr", input_pca=4)
+    for m, enc, inputs in zip(model.mrdib.modalities, model.mrdib.encoders, model.mrdib._features, strict=True):
+        raw = model.mrdib.raw_features[m]
+        assert raw.shape[1] > 4 and inputs.shape[1] == 4 and enc.in_dim == enc.hidden.in_features == 4
+        torch.testing.assert_close(inputs, raw @ principal_axes(raw, 4))
+    assert make(ds, "bpr", input_pca=64)[0].mrdib._features[0].shape[1] == ds.feature_dims["image"]  # not wider
 
 
 def test_plugin_weight_decay_is_its_own_parameter_group(ds) -> None:

@@ -103,35 +103,24 @@ class ModalityEncoder(nn.Module):
     x_std = (x - mean) * inv_std is the standardised input. `forward(x, raw=True)` takes raw features and folds
     the standardisation into the first layer, W x_std + b = (W * inv_std) x + (b - (W * inv_std) mean), which
     costs O(hidden * d_in) per step instead of two elementwise passes over every [n, d_in] input.
-
-    `reduce_to` > 0 (and below the input width) first projects x on its top principal axes over the catalogue
-    (a fixed buffer, part of the exported graph): a 384-d title embedding has far more dimensions than an item
-    with a handful of interactions can constrain, and the leading axes keep most of what differs between items.
-    The standardisation then acts on the projected coordinates; `in_dim` is the width the first layer reads.
     """
 
     def __init__(
-        self, hidden_dim: int, latent_dim: int, stochastic: bool, x: Tensor, dropout: float = 0.0, reduce_to: int = 0
+        self, in_dim: int, hidden_dim: int, latent_dim: int, stochastic: bool, x: Tensor, dropout: float = 0.0
     ) -> None:
         super().__init__()
         self.dropout = dropout
-        self.register_buffer("axes", principal_axes(x, reduce_to) if 0 < reduce_to < x.shape[1] else None)
-        if self.axes is not None:
-            x = x @ self.axes
-        self.in_dim = int(x.shape[1])
+        self.in_dim = in_dim
         self.register_buffer("mean", x.mean(0))
         self.register_buffer("inv_std", 1.0 / x.std(0, unbiased=False).clamp_min(1e-6))
-        self.hidden = nn.Linear(self.in_dim, hidden_dim)
+        self.hidden = nn.Linear(in_dim, hidden_dim)
         self.mu = nn.Linear(hidden_dim, latent_dim)
         self.sigma = nn.Linear(hidden_dim, latent_dim) if stochastic else None
 
     def forward(self, x: Tensor, raw: bool = True) -> tuple[Tensor, Tensor | None]:
         if raw:
             w = self.hidden.weight * self.inv_std
-            if self.axes is not None:  # fold the projection in too: W (V^T x - mean) = (W V^T) x - W mean
-                pre = F.linear(x, w @ self.axes.T, self.hidden.bias - w @ self.mean)
-            else:
-                pre = F.linear(x, w, self.hidden.bias - w @ self.mean)
+            pre = F.linear(x, w, self.hidden.bias - w @ self.mean)
         else:
             pre = self.hidden(x)
         h = F.leaky_relu(pre, 0.2)
@@ -232,16 +221,22 @@ class MRdIB(nn.Module):
         n_mod = len(self.modalities)
         # Plain attributes, not buffers: a buffer would be copied into every checkpoint and broadcast by
         # DDP at every step; the features are data, already on ctx.device.
-        self._features: list[Tensor] = []
+        self._raw: list[Tensor] = []
         for m in self.modalities:
             x = ctx.features[m]
             if x.ndim != 2 or x.shape[0] != ctx.n_items:
                 raise ValueError(f"features[{m!r}] must be [n_items={ctx.n_items}, d], got {tuple(x.shape)}")
-            self._features.append(x.float())
+            self._raw.append(x.float())
+        # What the encoders read: the raw features, or (input_pca) their coordinates on the catalogue's top
+        # principal axes. A 384-d title embedding has far more dimensions than an item with a handful of
+        # interactions can constrain; the leading axes keep most of what differs between items. Projected
+        # once here (derived from the data, like a backbone's kNN graph, so rebuilt identically on reload).
+        k = cfg.input_pca
+        self._features = [x @ principal_axes(x, k) if 0 < k < x.shape[1] else x for x in self._raw]
 
         lat, hid = cfg.latent_dim, cfg.hidden_dim
         self.encoders = nn.ModuleList(
-            ModalityEncoder(hid, lat, stochastic=cfg.use_ib, x=x, dropout=cfg.dropout, reduce_to=cfg.input_pca)
+            ModalityEncoder(x.shape[1], hid, lat, stochastic=cfg.use_ib, x=x, dropout=cfg.dropout)
             for x in self._features
         )
         self.sufficiency_heads = (
@@ -283,8 +278,8 @@ class MRdIB(nn.Module):
     # ------------------------------------------------------------------ representations
     @property
     def raw_features(self) -> dict[str, Tensor]:
-        """modality -> the item features [n_items, d_m] the encoders read (not standardised)."""
-        return dict(zip(self.modalities, self._features, strict=True))
+        """modality -> the item features [n_items, d_m] as given (before any PCA; not standardised)."""
+        return dict(zip(self.modalities, self._raw, strict=True))
 
     @property
     def component_names(self) -> list[str]:
