@@ -29,9 +29,9 @@ HEADERS = ["dataset", "settings", "seed", "epochs run", "best epoch", "seconds",
 
 
 def shared(name: str) -> Path | None:
-    from tests.conftest import shared_data_dir
+    from bench.train import shared_data
 
-    root = shared_data_dir()
+    root = shared_data()
     return None if root is None else root / name
 
 
