@@ -60,8 +60,10 @@ def test_train_help_marks_required_options_and_shows_the_config_defaults() -> No
     lines = {line.split()[1]: line for line in shown.splitlines() if line.startswith("│ --")}
     assert "REQUIRED" in lines["--data"] and "REQUIRED" in lines["--out"]
     d = TrainConfig()
-    for option, value in (("--seed", d.seed), ("--batch-size", d.batch_size), ("--lr", f"{d.lr:g}"),
-                          ("--epochs", d.epochs), ("--patience", d.patience)):  # fmt: skip
+    preset = ", or the backbone's validated preset"  # training/presets.py replaces these per backbone
+    shown_defaults = (("--seed", d.seed), ("--batch-size", f"{d.batch_size}{preset}"), ("--lr", f"{d.lr:g}{preset}"),
+                      ("--epochs", f"{d.epochs}{preset}"), ("--patience", f"{d.patience}{preset}"))  # fmt: skip
+    for option, value in shown_defaults:
         assert f"[default: ({value})]" in lines[option], lines[option]
         assert lines[option].split(">", 1)[1].strip().startswith(tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")), option
     missing = runner.invoke(app, ["train", "--out", "x"])
