@@ -161,9 +161,10 @@ def cell_config(spec: CellSpec):
     })
 
 
-def _rss_mib() -> float:
+def _rss_mib(field: str = "VmRSS") -> float:
+    """This process's resident set (VmRSS) or its high-water mark (VmHWM), MiB, from /proc/self/status."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -336,7 +337,10 @@ def run_cell(spec: CellSpec) -> CellResult:
         runner.validate()  # untimed: the first ranking pays one-off costs (allocations, caches)
         for _ in range(spec.rankings):
             rank()
-    res.peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    # VmHWM is the kernel's exact high-water mark; getrusage's ru_maxrss is updated lazily and was seen a few
+    # hundred KiB BELOW an earlier VmRSS reading of the same process. Where /proc is absent, ru_maxrss it is.
+    hwm = _rss_mib("VmHWM")
+    res.peak_rss_mib = hwm if hwm == hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if cuda:
         res.cuda_peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
     return res
