@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from mrdib.cli import app
 from training.checkpoint import load_per_user
 from training.evaluation.bootstrap import paired_bootstrap
-from training.study import Row, StudyConfig, _rng, row_space, row_trials, sample_trials
+from training.study import Row, StudyConfig, _rng, row_space, row_trials, run_overrides, sample_trials
 
 BASE = {
     "device": "cpu", "threads": 1, "epochs": 2, "patience": 5, "batch_size": 128, "topk": [10, 20],
@@ -60,6 +60,19 @@ def test_every_row_gets_the_same_number_of_distinct_trials_reproducibly() -> Non
     assert "mrdib.content_reg" not in row_space(study, Row("freedom", "plain"))
     # a space smaller than the budget is enumerated, not sampled with repeats
     assert len(sample_trials({"lr": [1, 2]}, 10, _rng(0))) == 3
+
+
+def test_a_row_start_sits_under_the_trial_point_and_only_in_its_own_row() -> None:
+    study = StudyConfig.model_validate({
+        "name": "s", "datasets": ["d"], "backbones": ["freedom"], "fixed": {"freedom": {"lr": 0.1, "patience": 3}},
+        "start": {"freedom": {"mrdib": {"lr": 0.2, "mrdib.lambda_s": 1.0}}},
+    })  # fmt: skip
+    start = run_overrides(study, "d", Row("freedom", "mrdib"), {}, seed=1)
+    assert start["lr"] == 0.2 and start["mrdib.lambda_s"] == 1.0 and start["patience"] == 3
+    assert run_overrides(study, "d", Row("freedom", "mrdib"), {"lr": 0.3}, seed=1)["lr"] == 0.3  # trials move it
+    assert run_overrides(study, "d", Row("freedom", "content"), {}, seed=1)["lr"] == 0.1  # other rows: fixed
+    with pytest.raises(ValueError):  # a row that does not exist is a typo, not a silently unused start
+        StudyConfig.model_validate({"name": "s", "datasets": ["d"], "backbones": ["bpr"], "start": {"bpr": {"mrdb": {}}}})
 
 
 def test_paired_bootstrap_sees_a_consistent_gain_and_not_noise() -> None:

@@ -26,6 +26,7 @@ The study file (YAML; see configs/study-*.yaml):
     search_seed: 0                      # seed of the random sampling of the trials
     base: {epochs: 300, threads: 1}     # TrainConfig fields for every run
     fixed: {vbpr: {...}}                # per-backbone dotted overrides for every run of that backbone
+    start: {vbpr: {mrdib: {...}}}       # per-row starting point (e.g. another split's winner), under the trials
     space: {lr: [1e-3, 5e-3], ...}      # dotted key -> choices, every row
     backbone_space: {freedom: {...}}    # per backbone
     content_space: {...}                # content and mrdib rows
@@ -91,6 +92,9 @@ class StudyConfig(BaseModel):
     search_seed: int = 0
     base: dict[str, Any] = Field(default_factory=dict)
     fixed: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: backbone -> variant -> dotted overrides: where that row starts (its trial 0), e.g. the winner of the same
+    #: row on another split; the trial points are drawn around it exactly as around `fixed`
+    start: dict[str, dict[Variant, dict[str, Any]]] = Field(default_factory=dict)
     space: dict[str, list[Any]] = Field(default_factory=dict)
     backbone_space: dict[str, dict[str, list[Any]]] = Field(default_factory=dict)
     content_space: dict[str, list[Any]] = Field(default_factory=dict)
@@ -184,11 +188,12 @@ def row_trials(study: StudyConfig, spec: str, row: Row) -> list[dict[str, Any]]:
 
 
 def run_overrides(study: StudyConfig, spec: str, row: Row, point: dict[str, Any], seed: int) -> dict[str, Any]:
-    """Dotted overrides of one run: backbone, fixed, variant, trial point, seed, data (later wins)."""
+    """Dotted overrides of one run: backbone, fixed, variant, row start, trial point, seed, data (later wins)."""
     return {
         "backbone.name": row.backbone,
         **study.fixed.get(row.backbone, {}),
         **VARIANT_OVERRIDES[row.variant],
+        **study.start.get(row.backbone, {}).get(row.variant, {}),
         **point,
         "seed": seed,
         "data": spec,
@@ -394,7 +399,8 @@ def render(study: StudyConfig, config_path: Path, out: dict[str, list[RowResult]
         "over seeds.",
         f"- Differences: paired per-user bootstrap ({study.bootstrap_resamples} resamples, 95% percentile "
         "interval) of the seed-averaged per-user difference; 'not shown' where the interval includes 0.",
-        f"- Search spaces and fixed settings: `{config_path}`.",
+        f"- Search spaces and fixed settings: `{config_path}`."
+        + (" Each row starts (trial 0) at its own `start:` point from that file." if study.start else ""),
     ]
     for spec, results in out.items():
         by = {(r.row.backbone, r.row.variant): r for r in results}
