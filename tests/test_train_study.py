@@ -72,7 +72,8 @@ def test_a_row_start_sits_under_the_trial_point_and_only_in_its_own_row() -> Non
     assert run_overrides(study, "d", Row("freedom", "mrdib"), {"lr": 0.3}, seed=1)["lr"] == 0.3  # trials move it
     assert run_overrides(study, "d", Row("freedom", "content"), {}, seed=1)["lr"] == 0.1  # other rows: fixed
     with pytest.raises(ValueError):  # a row that does not exist is a typo, not a silently unused start
-        StudyConfig.model_validate({"name": "s", "datasets": ["d"], "backbones": ["bpr"], "start": {"bpr": {"mrdb": {}}}})
+        typo = {"bpr": {"mrdb": {}}}
+        StudyConfig.model_validate({"name": "s", "datasets": ["d"], "backbones": ["bpr"], "start": typo})
 
 
 def test_paired_bootstrap_sees_a_consistent_gain_and_not_noise() -> None:
