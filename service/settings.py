@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mrdib.artifact.store import DEFAULT_ROOT
 from mrdib.redis_keys import DEFAULT_SHARDS, DEFAULT_STREAM, KeyLayout, RedisMode, check_name
 
 # Secrets: each may also be given as a file (`MRDIB_<NAME>_FILE`), never on a command line.
@@ -27,7 +28,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MRDIB_", extra="ignore", frozen=True, hide_input_in_errors=True)
 
     artifacts: Path = Field(
-        default=Path("mrdib-home/artifacts"),
+        default=DEFAULT_ROOT,
         description="artifacts root holding `current` and versions; the default, relative to the working directory, "
                     "is where quickstart.sh publishes when run from the repository root")
     require_model: bool = Field(

@@ -700,3 +700,18 @@ def test_first_retrain_warm_starts_from_the_bootstrap_model(tmp_path: Path, redi
     v1 = r.details["version"]
     assert find_warm_checkpoint(root, store.load_current(root, verify=False))[0] == (
         root / "retrain" / "checkpoints" / v1 / "model.safetensors")  # fmt: skip
+
+
+def test_cli_default_artifacts_root_is_the_one_serve_and_quickstart_use(tmp_path: Path) -> None:
+    """Without --artifacts, `mrdib retrain` works on mrdib-home/artifacts (relative to the working directory), the
+    root quickstart.sh publishes to and `mrdib serve` reads: the lock it finds held is the one under that root."""
+    from service.settings import Settings
+
+    root = tmp_path / "mrdib-home" / "artifacts"
+    with retrain_lock(root):
+        r = _retrain_cli(tmp_path, "--base", str(tmp_path / "none"))
+    assert r.returncode == EXIT_LOCKED, r.stdout + r.stderr
+    assert "holds the lock" in r.stderr
+    assert not (tmp_path / "artifacts").exists()  # the old default is not touched
+    assert Settings.model_fields["artifacts"].default == Path("mrdib-home/artifacts")  # serve's default
+    assert 'out "$HOME_DIR/artifacts"' in (Path(__file__).parents[1] / "quickstart.sh").read_text()

@@ -73,7 +73,7 @@ import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mrdib import exits
-from mrdib.artifact.store import atomic_write_text
+from mrdib.artifact.store import DEFAULT_ROOT, atomic_write_text
 from mrdib.item_meta import ITEM_META_FILE, write_item_meta
 from mrdib.redis_keys import DEFAULT_SHARDS, DEFAULT_STREAM, KeyLayout, RedisMode, sync_client
 from mrdib.side_items import decode_side, side_item_keys
@@ -1093,8 +1093,10 @@ def _settings_error(e: ValidationError) -> str:
 
 
 def retrain_command(
-    artifacts: Path = typer.Option(Path("artifacts"), "--artifacts", envvar="MRDIB_ARTIFACTS",
-                                   help="Artifacts root (holds `current`, the versions and retrain/)."),
+    artifacts: Path = typer.Option(DEFAULT_ROOT, "--artifacts", envvar="MRDIB_ARTIFACTS",
+                                   help="Artifacts root (holds `current`, the versions and retrain/); the default, "
+                                        "as `mrdib serve`'s, is where quickstart.sh publishes from the repository "
+                                        "root."),
     base: Path = typer.Option(Path("/data/dataset"), "--base", envvar="MRDIB_DATASET",
                               help="Base MMRec dataset, used until a run has produced a merged one."),
     redis_url: str = typer.Option("redis://127.0.0.1:6379/0", "--redis-url", envvar="REDIS_URL",

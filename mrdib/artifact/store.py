@@ -33,6 +33,10 @@ from mrdib.artifact.schema import ArtifactError, Manifest
 from mrdib.item_meta import ItemMetaError, MetaRecord, read_item_meta
 
 CURRENT = "current"
+# The default artifacts root of every command that reads or writes one (`mrdib serve`, `mrdib retrain`), relative
+# to the working directory: where quickstart.sh publishes when run from the repository root. One constant, so that
+# the commands cannot drift apart again (retrain once defaulted to `artifacts` while serve read mrdib-home/).
+DEFAULT_ROOT = Path("mrdib-home/artifacts")
 
 
 def new_version_id(now: datetime | None = None) -> str:
