@@ -272,6 +272,31 @@ def test_export_refuses_a_broken_checkpoint(exported: dict[str, Path], tmp_path:
     assert r.exit_code == 2 and "does not exist" in r.output
 
 
+@pytest.mark.parametrize(("damage", "message"), [("nan", "user vectors cannot be served: NaN or inf in row 1"),
+                                                 ("huge", "user vectors cannot be served: norm")])
+def test_export_refuses_vectors_that_cannot_be_served(exported: dict[str, Path], tmp_path: Path, damage: str,
+                                                      message: str) -> None:
+    """A diverged run (NaN, or huge but finite vectors) fails at export, before anything is published: the readers
+    would refuse the version, but `current` would already point to it."""
+    from training import checkpoint as ckpt
+
+    c = tmp_path / "ckpt"
+    shutil.copytree(exported["ckpt"], c)
+    emb = ckpt.load_embeddings(c)
+    user = emb.user.copy()
+    if damage == "nan":
+        user[1, 2] = np.nan
+    else:  # finite (float32 holds 3.4e38), but user . item would overflow
+        user *= np.float32(1e30)
+    ckpt.save_embeddings(c, ckpt.Embeddings(user=user, item=emb.item, components=emb.components))
+    out = tmp_path / "a"
+    r = runner.invoke(app, ["export", "--checkpoint", str(c), "--out", str(out)])
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "Traceback" not in r.output
+    assert damage == "nan" or "above the servable bound" in r.output
+    assert store.list_versions(out) == [] and not (out / store.CURRENT).exists()
+
+
 def test_published_version_is_readable_by_other_users(exported: dict[str, Path]) -> None:
     v = exported["version"]
     assert v.stat().st_mode & 0o055 == 0o055  # group/other may list and enter

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mrdib.artifact import schema as S
 from mrdib.artifact import store
+from mrdib.artifact.bounds import vector_problem
 from mrdib.artifact.schema import Manifest
 from mrdib.item_meta import ItemMetaError, write_item_meta
 from training import checkpoint as ckpt
@@ -151,9 +152,14 @@ def read_checkpoint(directory: Path, data: Path | None = None) -> CheckpointInpu
         )
     if emb.user.ndim != 2 or emb.item.ndim != 2 or emb.user.shape[1] != emb.item.shape[1]:
         raise ExportError(f"{epath}: user {emb.user.shape} and item {emb.item.shape} vectors disagree on dimension")
-    for name, arr in (("user", emb.user), ("item", emb.item)):
-        if not np.isfinite(arr).all():
-            raise ExportError(f"{epath}: {name} vectors hold NaN or inf")
+    # The bound every reader applies (mrdib/artifact/bounds.py), checked before anything is staged: a diverged
+    # run must fail here, not publish a version that `current` points to and every service then refuses.
+    arrays = [("user vectors", emb.user), ("item vectors", emb.item)]
+    arrays += [(f"component {name!r}", c) for name, c in emb.components.items()]
+    for name, arr in arrays:
+        problem = vector_problem(arr)
+        if problem:
+            raise ExportError(f"{epath}: {name} cannot be served: {problem}")
     return CheckpointInputs(config=config, dataset=ds, metrics=_numeric_metrics(metrics_raw), embeddings=emb)
 
 
