@@ -4,9 +4,13 @@ uvicorn's default HTTP parser (httptools, i.e. llhttp) has no limit on the size 
 headers: a client could send a 64 MB header, which was buffered whole and answered 200. `LimitedHttpTools`
 counts the bytes of each request's head and, beyond `MRDIB_MAX_HEADER_BYTES`, answers 431 (Request Header
 Fields Too Large) and closes the connection. What it holds meanwhile is bounded by the limit plus one read
-(at most 256 KiB): a head is counted both as it arrives (whole reads, for memory) and, once parsed, exactly
-(request target + header names and values). Without httptools, uvicorn's h11 protocol gets the same limit
-through h11's own (`h11_max_incomplete_event_size`), answered 400 and closed.
+(at most 256 KiB). Two counts of each head, either of which over the limit refuses it, and neither of which can
+exceed the head's true size (so a head under the limit is never refused, however the network splits it): the
+reads that arrived while inside the head, after the read that began it (bounds memory before anything is
+parsed: a header that never ends), and the parsed bytes (request target + header names and values). Summing
+the two instead counted a head that came in several reads about twice, refusing heads of half the limit.
+Without httptools, uvicorn's h11 protocol gets the same limit through h11's own (`h11_max_incomplete_event_size`),
+answered 400 and closed.
 
 Behind a reverse proxy the proxy's limits apply first (deploy/README.md); these are the service's own.
 """
@@ -37,14 +41,15 @@ if HttpToolsProtocol is not None:
         def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
             super().__init__(config, *args, **kwargs)
             self.max_head = int(config.h11_max_incomplete_event_size or 16 * 1024)
-            self.head_bytes = 0  # of the message whose head is being read
+            self.head_bytes = 0  # parsed bytes of the head being read (target + header names and values)
+            self.head_read = 0  # bytes of the reads after the one that began the head, while still inside it
             self.in_head = False
             self.head_began = False  # a message began during the current read
             self.head_too_large = False
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self.in_head, self.head_began, self.head_bytes = True, True, 0
+            self.in_head, self.head_began, self.head_bytes, self.head_read = True, True, 0, 0
 
         def on_url(self, url: bytes) -> None:
             super().on_url(url)
@@ -66,11 +71,11 @@ if HttpToolsProtocol is not None:
             self.head_began = False
             super().data_received(data)
             if self.in_head and not self.head_too_large and self.transport is not None:
-                # Still inside a head after this read: all of it (after a message began in it: part of it) is
-                # head bytes held by the parser. Counting whole reads bounds memory before the head is parsed.
+                # Still inside a head after this read: unless a message began in it, all of it is head bytes held
+                # by the parser. Counting whole reads bounds memory before the head is parsed.
                 if not self.head_began:
-                    self.head_bytes += len(data)
-                if self.head_bytes > self.max_head:
+                    self.head_read += len(data)
+                if max(self.head_read, self.head_bytes) > self.max_head:
                     self.head_too_large = True
                     self.send_400_response("")
 

@@ -429,6 +429,38 @@ def test_oversize_request_heads_are_refused(env):
            failures=0)
 
 
+def test_heads_under_the_limit_pass_however_the_network_splits_them(env):
+    """A head under MRDIB_MAX_HEADER_BYTES arriving in many small reads (a slow link, small TCP segments) is
+    answered, and one over it sent the same way is refused: the limit is the head's size, not its read pattern
+    (counting the reads and the parsed headers together once refused heads of half the limit)."""
+    import time
+
+    port = int(env["url"].rsplit(":", 1)[1])
+
+    def send_in_pieces(data: bytes, piece: int = 2048) -> int | None:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                for at in range(0, len(data), piece):
+                    s.sendall(data[at:at + piece])
+                    time.sleep(0.01)  # each piece its own read on the server
+            out = b""
+            with contextlib.suppress(ConnectionResetError, TimeoutError):
+                while chunk := s.recv(65536):
+                    out += chunk
+        first = out.split(b"\r\n", 1)[0].split()
+        return int(first[1]) if len(first) >= 2 and first[1].isdigit() else None
+
+    under = send_in_pieces(get_with_headers([("X-Ok", "a" * 28_000)]))
+    split_many = send_in_pieces(get_with_headers([(f"X-H{i}", "b" * 1000) for i in range(28)]))
+    over = send_in_pieces(get_with_headers([("X-Big", "a" * 40_000)]))
+    assert (under, split_many) == (200, 200) and over in (431, None), (under, split_many, over)
+    record("request_heads_split", covers="13.6 header size",
+           load="one server, MRDIB_MAX_HEADER_BYTES = 32 KiB",
+           faults="heads of 28 KB (one header; 28 headers) and 40 KB sent in 2 KB pieces", requests=3,
+           answers={"28 KB": under, "28 x 1 KB": split_many, "40 KB": over}, failures=0)
+
+
 # --- 8. the schema tells the truth -----------------------------------------------------------------
 
 def test_allow_header_integral_k_and_modalities_in_the_schema(env):
@@ -578,6 +610,8 @@ def test_done_when_real_serve_two_workers_and_redis(tmp_path, build_artifact, re
         log = srv.log_text()
         assert "model_refused" in log  # the log was written, and the refusal is in it
         assert secret not in log and EVENTS not in log
+        # The access log is off by default (MRDIB_ACCESS_LOG unset) in every worker, not merely redacted.
+        assert '"logger": "uvicorn.access"' not in log and "/admin/reload" not in log, log[-2000:]
     finally:
         keys = list(r.scan_iter(match=prefix + "*"))
         if keys:
