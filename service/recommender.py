@@ -339,7 +339,8 @@ async def similar(model: ServingModel, item_id: str, k: int, pool: Executor, inl
                   ) -> list[Scored]:
     """Nearest items to `item_id` by cosine of item vectors (itself and hidden items excluded).
 
-    Raises KeyError when the id is neither in the catalogue nor a side item."""
+    Raises KeyError when the id is neither in the catalogue nor a side item, UnservableOutput when a score is not
+    finite (a faulty index: the 503 of every such answer, never a 500 or invalid JSON)."""
     overlay = model.overlay
     if item_id in overlay.deleted:
         raise KeyError(item_id)
@@ -359,7 +360,9 @@ async def similar(model: ServingModel, item_id: str, k: int, pool: Executor, inl
             sims = overlay.side_norm() @ qn
             out += [Scored(i, float(s)) for i, s in zip(overlay.side_ids, sims, strict=True) if i != item_id]
             out.sort(key=lambda c: -c.score)
-        return out[:k]
+        out = out[:k]
+        _check_scores(model, out)  # the last guard, as for /recommend: an index that disagrees with the vectors
+        return out
 
     if model.cos.size <= inline_max_items:
         return run()

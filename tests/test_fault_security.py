@@ -306,6 +306,36 @@ def test_tower_outputs_that_cannot_be_served_get_clear_errors(tmp_path, build_ar
            recommend_status=503, put_status=422, failures=0)
 
 
+def test_similar_items_with_a_non_finite_score_get_a_clear_error(tmp_path, build_artifact):
+    """The last guard covers GET /items/{id}/similar too: a cosine index that disagrees with the item vectors
+    (checksums resealed: a hostile or broken exporter) makes a score infinite; the answer is a 503 naming the
+    model, not a 500 from the JSON encoder."""
+    import faiss
+
+    root = tmp_path / "artifacts"
+    version = build_artifact(root)
+    v = root / version
+    art = load_artifact(v)
+    unit = art.item_vectors / np.linalg.norm(art.item_vectors, axis=1, keepdims=True)
+    bad = unit.copy()
+    bad[5] = np.where(unit[1] >= 0, np.inf, -np.inf)  # row 5 . item 1 = +inf
+    index = faiss.IndexFlatIP(unit.shape[1])
+    index.add(bad.astype(np.float32))
+    faiss.write_index(index, str(v / S.INDEX_COS))
+    reseal(v, S.INDEX_COS)
+    settings = Settings(artifacts=root, redis_url=None, wal_path=tmp_path / "wal.jsonl", poll_interval_s=0,
+                        cpu_threads=1)
+    with ServerThread(create_app(settings)) as srv, httpx.Client(base_url=srv.url, timeout=10) as http:
+        assert http.get("/readyz").json()["model_version"] == version
+        r = http.get(f"/items/{art.item_ids[1]}/similar", params={"k": 5})
+        assert r.status_code == 503, r.text
+        assert "score is not finite" in r.json()["detail"] and version in r.json()["detail"]
+        assert http.post("/recommend", json={"user_id": art.user_ids[1], "k": 5}).status_code == 200
+    record("similar_non_finite", covers="13.3 last guard (similar items)",
+           load="one server", faults="a cosine index with an infinite row (checksum resealed)", requests=2,
+           similar_status=503, failures=0)
+
+
 # --- 7. feature magnitudes of PUT /items ---------------------------------------------------------
 
 def test_put_item_features_are_bounded(env):
