@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import faiss
 import numpy as np
@@ -19,8 +19,10 @@ import structlog
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic_core import to_json
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mrdib.item_meta import select_fields
@@ -42,7 +44,7 @@ from service.model_store import (
     cancel_quietly,
     no_model_reason,
 )
-from service.openapi import allowed_methods, model_openapi
+from service.openapi import allowed_methods, json_body, model_openapi
 from service.pages import DOCS_STATIC, add_ui
 from service.ratelimit import retry_after_header
 from service.recommender import UnservableOutput
@@ -239,14 +241,47 @@ def _fields(model: ServingModel, fields: list[str]) -> None:
 
 
 def _json(body: dict) -> Response:
-    """The response bytes, in one json.dumps of plain dicts. These values come from our own code with the right
-    types, so validating them is wasted work: returning a model made FastAPI dump it, validate the dump and
-    encode it again, and even `model_construct` of 20 items + `model_dump_json` cost ~3x this (profile in
-    docs/BENCHMARKS.md). The bodies are the routes' `response_model` shapes (checked by
-    tests/test_service_api.py against the pydantic models). A non-finite score never gets here (the recommender
-    answers 503 first, see recommender.UnservableOutput); `allow_nan=False` keeps invalid JSON out regardless."""
-    return Response(json.dumps(body, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode(),
-                    media_type="application/json")
+    """The response bytes of plain dicts, encoded by pydantic-core's JSON writer (Rust; already installed with
+    pydantic). These values come from our own code with the right types, so validating them is wasted work:
+    returning a model made FastAPI dump it, validate the dump and encode it again. The stdlib's `json.dumps` of
+    a 20-item answer cost ~20 us, `pydantic_core.to_json` ~3.5 us (profile in docs/BENCHMARKS.md). The bodies are
+    the routes' `response_model` shapes (checked by tests/test_service_api.py against the pydantic models).
+
+    A non-finite score never gets here (the recommender answers 503 first, see recommender.UnservableOutput), but
+    invalid JSON must not leave regardless: pydantic-core writes NaN/Infinity as bare tokens, so when either
+    spelling appears anywhere in the output (almost always inside an id, i.e. harmless) the body is encoded again
+    by the stdlib with `allow_nan=False`, which refuses a non-finite number as it always did."""
+    raw = to_json(body)
+    if b"NaN" in raw or b"Infinity" in raw:
+        raw = json.dumps(body, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+    return Response(raw, media_type="application/json")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def _body(request: Request, model: type[M]) -> M:
+    """The JSON body as `model`, read and validated as FastAPI does for a `body: Model` parameter -- the same reader
+    (`json.loads` of the bytes), the same validation (python mode) and the same errors (RequestValidationError with
+    the locations under "body", so the 400/422 answers are unchanged) -- without FastAPI's per-request dependency
+    machinery (~20 us of a ~150 us warm /recommend, profile in docs/BENCHMARKS.md). RequestGuard has already
+    answered 415 to a body that is not JSON and 413 to one too large. The route documents the body with
+    `openapi_extra=json_body(model)` (service/openapi.py)."""
+    raw = await request.body()
+    if not raw:
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body", e.pos), "msg": "JSON decode error",
+                                       "input": {}, "ctx": {"error": e.msg}}]) from None
+    except ValueError:  # not UTF-8, -16 or -32: what FastAPI answers to a body it cannot read
+        raise HTTPException(400, "There was an error parsing the body") from None
+    try:
+        return model.model_validate(data, from_attributes=True)  # as FastAPI calls it (the same error messages)
+    except ValidationError as e:
+        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])}
+                                      for err in e.errors(include_url=False)]) from None
 
 
 def _over_limits(body: RecommendRequest, settings: Settings) -> str | None:
@@ -312,11 +347,31 @@ def _unservable(ctx: AppContext, e: UnservableOutput) -> dict:
 
 # --- routes ------------------------------------------------------------------------------------
 
+class DirectRoute(APIRoute):
+    """A route whose endpoint takes the Request and returns the Response itself: FastAPI documents it like any other
+    (response_model, responses, openapi_extra) and its errors go through the app's exception handlers as before,
+    but FastAPI's per-request handler (dependency resolution, body reading, response validation and encoding:
+    ~30 us of a warm /recommend, profile in docs/BENCHMARKS.md) does not run. For the hot route only; the endpoint
+    reads its body with `_body` and answers with `_json`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        d = self.dependant
+        if (d.path_params or d.query_params or d.header_params or d.cookie_params or d.body_params
+                or d.dependencies or d.request_param_name is None):
+            # anything else declared would be documented but never resolved
+            raise TypeError(f"{self.path}: a DirectRoute endpoint takes exactly one parameter, the Request")
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        return self.endpoint
+
+
 def add_routes(app: FastAPI) -> None:
-    @app.post("/recommend", response_model=RecommendResponse, response_model_exclude_none=True)
-    async def recommend(body: RecommendRequest, request: Request) -> Response:
+    async def recommend(request: Request) -> Response:
         """Top-k items for a user and/or a history (see service/README.md for the rules)."""
-        # No Depends here: this is the hot route, and dependency resolution is a measurable share of it.
+        # The hot route: a DirectRoute (no FastAPI dependency resolution, body parameter or response model work per
+        # request); `_body` reads and validates the body as FastAPI would, `_json` encodes the answer.
+        body = await _body(request, RecommendRequest)
         ctx: AppContext = request.app.state.ctx
         model = current_model(ctx)
         problem = _over_limits(body, ctx.settings)
@@ -327,6 +382,10 @@ def add_routes(app: FastAPI) -> None:
         r = await recommender.recommend(_query(body), model, ctx.state, ctx.pool, ctx.metrics,
                                         ctx.settings.inline_search_max_items)
         return _json({"model_version": r.model_version, **_answer(r, model, body.fields)})
+
+    app.router.add_api_route("/recommend", recommend, methods=["POST"], response_model=RecommendResponse,
+                             response_model_exclude_none=True, openapi_extra=json_body(RecommendRequest),
+                             route_class_override=DirectRoute)
 
     @app.post("/recommend/batch", response_model=RecommendBatchResponse, response_model_exclude_none=True,
               responses=_errors(s422="invalid body, or more requests than MRDIB_MAX_BATCH (an invalid request "
@@ -569,6 +628,16 @@ def add_error_handlers(app: FastAPI) -> None:
 
 # --- factory -----------------------------------------------------------------------------------
 
+def hot_routes_first(app: FastAPI, paths: tuple[str, ...]) -> None:
+    """Move the routes of `paths` to the front of the router. The router tries its routes in order, one regex match
+    each, and FastAPIOffline registers its five documentation routes first: the hot route paid for five misses per
+    request. Safe because no other route's path can match these (they are literal paths); the OpenAPI document
+    lists the same paths in the same order (the documentation routes are not in it)."""
+    routes = app.router.routes
+    hot = [r for r in routes if getattr(r, "path", None) in paths]
+    routes[:] = hot + [r for r in routes if not any(r is h for h in hot)]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. Without `settings` they are read from the environment (uvicorn --factory)."""
     settings = settings or get_settings()
@@ -594,7 +663,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_routes(app)
     add_ui(app)
     add_error_handlers(app)
-    app.openapi = model_openapi(app, ctx.store)  # type: ignore[method-assign]
+    hot_routes_first(app, ("/recommend",))
+    app.openapi = model_openapi(app, ctx.store, (RecommendRequest,))  # type: ignore[method-assign]
     app.add_middleware(RequestGuard, max_body=settings.max_body_bytes)
     app.add_middleware(LatencyMetrics, metrics=ctx.metrics)
     return app

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import time
 
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.metrics import Metrics
@@ -43,8 +42,16 @@ class RequestGuard:
         if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        declared = headers.get("content-length")
+        # The two headers this needs, in one pass over the raw list (ASGI servers send names lower-cased; this is
+        # what starlette's Headers.get compares too, without building the object on every request).
+        declared = content_type = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if declared is None:
+                    declared = value.decode("latin-1")
+            elif name == b"content-type" and content_type is None:
+                content_type = value.decode("latin-1")
+        content_type = content_type or ""
         if declared is not None:
             if not declared.isdigit():
                 await _send_json(send, 400, "invalid Content-Length header")
@@ -56,8 +63,8 @@ class RequestGuard:
             # The server enforces Content-Length framing (no more bytes than declared reach the app), so a
             # declared body within the limit needs no counting: pass `receive` through instead of buffering and
             # replaying the body (the common case, and a per-request copy saved).
-            if int(declared) > 0 and not _is_json(headers.get("content-type", "")):
-                await self._unsupported(send, headers)
+            if int(declared) > 0 and not _is_json(content_type):
+                await self._unsupported(send, content_type)
                 return
             await self.app(scope, receive, send)
             return
@@ -72,8 +79,8 @@ class RequestGuard:
             if len(body) > self.max_body:
                 await _send_json(send, 413, f"request body exceeds the limit of {self.max_body} bytes")
                 return
-        if body and not _is_json(headers.get("content-type", "")):
-            await self._unsupported(send, headers)
+        if body and not _is_json(content_type):
+            await self._unsupported(send, content_type)
             return
         replayed = False
 
@@ -87,8 +94,8 @@ class RequestGuard:
         await self.app(scope, replay, send)
 
     @staticmethod
-    async def _unsupported(send: Send, headers: Headers) -> None:
-        got = headers.get("content-type") or "none"
+    async def _unsupported(send: Send, content_type: str) -> None:
+        got = content_type or "none"
         await _send_json(send, 415, f"unsupported content type {got!r}; send application/json")
 
 

@@ -5,6 +5,9 @@
   say "a map of number lists" and "a list of names"; `model_openapi` writes the served model's modalities and
   dims (required, exact lengths, nothing else allowed) and its display fields (an enum; a pattern for the
   comma-separated query parameter) into the schema, rebuilt when the model or its fields change.
+* A route that reads its JSON body itself (the hot /recommend, see api._body) declares no body parameter, so
+  FastAPI would not document one: `json_body` writes the requestBody FastAPI writes for `body: Model`, and
+  `model_openapi` adds the model's schema to the components.
 * A method a path does not have answers 405 with an `Allow` header naming every method of that path (Starlette
   names only those of the first route whose path matched: `PUT /items/{id}` hid `DELETE`); OPTIONS answers 204
   with the same header.
@@ -13,11 +16,16 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.constants import REF_TEMPLATE
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
@@ -79,9 +87,39 @@ def _names_pattern(names: list[str]) -> str:
     return rf"^[\s,]*(?:{one}(?:\s*,[\s,]*{one})*)?[\s,]*$"
 
 
-def model_openapi(app: FastAPI, store: ModelStore) -> Callable[[], dict[str, Any]]:
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` of a route that parses its JSON body as `model` itself: the requestBody FastAPI writes for a
+    `body: model` parameter (the schema itself is added by `model_openapi`, given the same model)."""
+    return {"requestBody": {"content": {"application/json": {"schema": {"$ref": REF_TEMPLATE.format(
+        model=model.__name__)}}}, "required": True}}
+
+
+def add_components(schema: dict[str, Any], models: tuple[type[BaseModel], ...]) -> None:
+    """The schemas of `models` (and of the models they use) in `schema`'s components, exactly as FastAPI writes
+    those of a body parameter: FastAPI's own generator run over one throwaway route per model (`model_json_schema`
+    differs in details, e.g. a `"default": null` FastAPI leaves out). A component already there is kept."""
+    if not models:
+        return
+    routes = []
+    for i, model in enumerate(models):
+        async def endpoint(**_: Any) -> None:  # never called: it only carries the signature FastAPI documents
+            return None
+
+        endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [inspect.Parameter("body", inspect.Parameter.KEYWORD_ONLY, annotation=model)])
+        routes.append(APIRoute(f"/{i}", endpoint, methods=["POST"]))
+    generated = get_openapi(title="bodies", version="0", routes=routes).get("components", {}).get("schemas", {})
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in models:
+        for name in (model.__name__, *model.model_json_schema(ref_template=REF_TEMPLATE).get("$defs", {})):
+            if name in generated:
+                components.setdefault(name, generated[name])
+
+
+def model_openapi(app: FastAPI, store: ModelStore, body_models: tuple[type[BaseModel], ...] = ()
+                  ) -> Callable[[], dict[str, Any]]:
     """`app.openapi` replacement: FastAPI's schema with what the served model accepts, one copy per version and
-    set of display fields (a PUT may add fields)."""
+    set of display fields (a PUT may add fields). `body_models`: the models of routes documented by `json_body`."""
     cached: dict[tuple[str, frozenset[str]] | None, dict[str, Any]] = {}
 
     def openapi() -> dict[str, Any]:
@@ -89,6 +127,7 @@ def model_openapi(app: FastAPI, store: ModelStore) -> Callable[[], dict[str, Any
         key = (model.version, model.overlay.meta_fields) if model is not None else None
         if key not in cached:
             base = FastAPI.openapi(app)  # FastAPI builds the static part once and keeps it
+            add_components(base, body_models)
             cached.clear()
             cached[key] = base if model is None else with_model(base, model.modality_dims(),
                                                                 model.overlay.meta_fields, model.version)

@@ -287,6 +287,12 @@ def test_put_and_delete_items(client, art):
         ("post", "/recommend", {"content": b'{"k": 3}'}, 415, "content type"),
         ("post", "/recommend", {"json": {"history": ["x" * 200] * 45}}, 413, "exceeds"),
         ("post", "/recommend", {}, 422, "body"),
+        # /recommend reads its own body (api._body): the answers FastAPI gives for a `body: Model` parameter
+        ("post", "/recommend", {"content": b"null", "headers": {"content-type": "application/json"}}, 422,
+         "body: Input should be a valid dictionary or object"),
+        ("post", "/recommend", {"content": b'{"k": NaN}', "headers": {"content-type": "application/json"}}, 422, "k"),
+        ("post", "/recommend", {"content": b'{"user_id": "\xff"}', "headers": {"content-type": "application/json"}},
+         400, "error parsing the body"),
         ("get", "/items/i1/similar", {"params": {"k": 0}}, 422, "k"),
         ("get", "/items/i1/similar", {"params": {"k": "x"}}, 422, "k"),
         ("post", "/events", {"json": {"user_id": "u1", "item_id": "i1"}}, 422, "type"),

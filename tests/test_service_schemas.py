@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fastapi import Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from service.api import create_app
-from service.schemas import HealthOut, ItemChanged, ModelOut, ModelSummary, ReadyOut
+from service.api import DirectRoute, create_app
+from service.schemas import HealthOut, ItemChanged, ModelOut, ModelSummary, ReadyOut, RecommendRequest
 from service.settings import Settings
 from tests._service_helpers import item_features
 
@@ -37,6 +40,30 @@ def test_openapi_documents_health_ready_model_and_pending_item_changes(tmp_path)
         op = paths["/items/{item_id}"][method]
         assert _ref(op, "200") == _ref(op, "202") == "ItemChanged"
         assert "pending" in op["responses"]["202"]["description"]
+
+
+def test_recommend_body_documented_as_fastapi_documents_a_body_parameter(tmp_path):
+    """/recommend parses its own body (a DirectRoute, service/api.py); its schema must still say what it accepts,
+    exactly as FastAPI would write it for `body: RecommendRequest`."""
+
+    async def documented(body: RecommendRequest) -> None:
+        return None
+
+    reference = get_openapi(title="t", version="1", routes=[APIRoute("/recommend", documented, methods=["POST"])])
+    with TestClient(_app(tmp_path / "none", tmp_path)) as client:
+        schema = client.get("/openapi.json").json()
+    want = reference["paths"]["/recommend"]["post"]["requestBody"]
+    assert schema["paths"]["/recommend"]["post"]["requestBody"] == want
+    assert schema["components"]["schemas"]["RecommendRequest"] == reference["components"]["schemas"]["RecommendRequest"]
+    assert _ref(schema["paths"]["/recommend"]["post"], "200") == "RecommendResponse"
+
+
+def test_direct_route_refuses_parameters_it_would_never_resolve():
+    async def endpoint(request: Request, k: int = 3) -> None:
+        return None
+
+    with pytest.raises(TypeError, match="exactly one parameter"):
+        DirectRoute("/x", endpoint, methods=["POST"])
 
 
 @pytest.fixture()
