@@ -23,7 +23,9 @@
   apps take turns (`--cpu-rounds` rounds of bare, tree, ref) and each app's median is reported, so that a drift
   of the machine's load hits all of them alike.
 - Alternated pairs (`--pairs N`, default 3): the bare app and the service run side by side and wrk drives them in
-  turn at 32 connections (bare, warm, bare, warm, ...); the verdict takes the median of the pairs' ratios. One
+  turn at 32 connections (bare, warm, bare, warm, ...); the verdict takes the median of the pairs' ratios, and
+  also of their server CPU per request (the uvicorn processes' user + system time from /proc over the cell, per
+  request: what the throughput ratio is when the server is CPU-bound, whatever else runs on the machine). One
   sequential sweep on a machine shared with other work measured the same code at 47% and 61% of bare minutes
   apart (docs/BENCHMARKS.md): a single cell per side cannot carry a ratio target.
 
@@ -39,6 +41,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -274,6 +277,27 @@ def sweep(scenario: str, url: str, script: Path, conns: list[int], duration: flo
             cell.note = hook(before, cell)
         cells.append(cell)
     return cells
+
+
+def server_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a uvicorn process and its worker processes (Linux /proc). Per
+    request, it is what the server costs under real load, whatever share of the cores the machine leaves it."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for p in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def cpu_per_request(cell: Cell) -> float | None:
+    """The server CPU us/request a pair cell's note carries."""
+    m = re.search(r"server CPU (\d+) us/request", cell.note)
+    return float(m.group(1)) if m else None
 
 
 # --- scenarios -------------------------------------------------------------------------------------
@@ -728,10 +752,13 @@ def main(argv: list[str] | None = None) -> int:
                 wrk(s_srv.url, scripts["warm"], 8, 1.0)
                 extra["pairs"] = []
                 for _ in range(a.pairs):
-                    extra["pairs"].append(measure("bare baseline (alternated)", b_srv.url, scripts["bare"], 32,
-                                                  a.duration))
-                    extra["pairs"].append(measure("warm /recommend (alternated)", s_srv.url, scripts["warm"], 32,
-                                                  a.duration))
+                    for label, srv, sc in (("bare baseline (alternated)", b_srv, "bare"),
+                                           ("warm /recommend (alternated)", s_srv, "warm")):
+                        c0 = server_cpu_s(srv.proc.pid)
+                        cell = measure(label, srv.url, scripts[sc], 32, a.duration)
+                        used = server_cpu_s(srv.proc.pid) - c0
+                        cell.note = f"server CPU {used / max(cell.requests, 1) * 1e6:.0f} us/request"
+                        extra["pairs"].append(cell)
 
         users = warm_users_of(scripts["warm"])
         targets = {"bare app": ("bare", REPO), "service (working tree)": (str(root), REPO)}
@@ -771,6 +798,12 @@ def main(argv: list[str] | None = None) -> int:
         verdict.append(f"- warm /recommend vs bare at 32 connections, {len(ratios)} alternated pairs: "
                        f"{', '.join(f'{r:.0%}' for r in ratios)}; median **{med:.0%}** (target >= {TARGET_RATIO:.0%}: "
                        f"{'met' if med >= TARGET_RATIO else 'MISSED'})")
+        costs = [(cpu_per_request(b), cpu_per_request(w)) for b, w in zip(pairs[::2], pairs[1::2], strict=True)]
+        if all(b and w for b, w in costs):
+            cr = [b / w for b, w in costs]
+            verdict.append(f"- the same pairs by server CPU per request (uvicorn processes, /proc; what the throughput "
+                           f"ratio is when the server is CPU-bound, far less sensitive to other load): bare/warm "
+                           f"{', '.join(f'{r:.0%}' for r in cr)}; median **{statistics.median(cr):.0%}**")
     if cpu.get("bare app"):
         x = cpu["service (working tree)"] / cpu["bare app"]
         verdict.append(f"- handler CPU per warm /recommend: {cpu['service (working tree)']:.0f} us = **{x:.2f}x** the "
