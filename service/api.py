@@ -264,9 +264,9 @@ async def _body(request: Request, model: type[M]) -> M:
     """The JSON body as `model`, read and validated as FastAPI does for a `body: Model` parameter -- the same reader
     (`json.loads` of the bytes), the same validation (python mode) and the same errors (RequestValidationError with
     the locations under "body", so the 400/422 answers are unchanged) -- without FastAPI's per-request dependency
-    machinery (~20 us of a ~150 us warm /recommend, profile in docs/BENCHMARKS.md). RequestGuard has already
-    answered 415 to a body that is not JSON and 413 to one too large. The route documents the body with
-    `openapi_extra=json_body(model)` (service/openapi.py)."""
+    machinery (with the DirectRoute ~25-30 us of the ~200 us a warm /recommend cost before; docs/BENCHMARKS.md,
+    issue 14). RequestGuard has already answered 415 to a body that is not JSON and 413 to one too large. The
+    route documents the body with `openapi_extra=json_body(model)` (service/openapi.py)."""
     raw = await request.body()
     if not raw:
         raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
@@ -275,7 +275,7 @@ async def _body(request: Request, model: type[M]) -> M:
     except json.JSONDecodeError as e:
         raise RequestValidationError([{"type": "json_invalid", "loc": ("body", e.pos), "msg": "JSON decode error",
                                        "input": {}, "ctx": {"error": e.msg}}]) from None
-    except ValueError:  # not UTF-8, -16 or -32: what FastAPI answers to a body it cannot read
+    except Exception:  # as FastAPI answers: not UTF-8/16/32, an integer of 5,000 digits, nesting too deep
         raise HTTPException(400, "There was an error parsing the body") from None
     try:
         return model.model_validate(data, from_attributes=True)  # as FastAPI calls it (the same error messages)
@@ -351,7 +351,7 @@ class DirectRoute(APIRoute):
     """A route whose endpoint takes the Request and returns the Response itself: FastAPI documents it like any other
     (response_model, responses, openapi_extra) and its errors go through the app's exception handlers as before,
     but FastAPI's per-request handler (dependency resolution, body reading, response validation and encoding:
-    ~30 us of a warm /recommend, profile in docs/BENCHMARKS.md) does not run. For the hot route only; the endpoint
+    ~25-30 us of a warm /recommend, profile in docs/BENCHMARKS.md) does not run. For the hot route only; the endpoint
     reads its body with `_body` and answers with `_json`."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

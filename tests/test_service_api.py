@@ -293,6 +293,8 @@ def test_put_and_delete_items(client, art):
         ("post", "/recommend", {"content": b'{"k": NaN}', "headers": {"content-type": "application/json"}}, 422, "k"),
         ("post", "/recommend", {"content": b'{"user_id": "\xff"}', "headers": {"content-type": "application/json"}},
          400, "error parsing the body"),
+        ("post", "/recommend", {"content": b"[" * 3000 + b"]" * 3000, "headers": {"content-type": "application/json"}},
+         400, "error parsing the body"),  # too deep for json.loads: RecursionError, not a 500
         ("get", "/items/i1/similar", {"params": {"k": 0}}, 422, "k"),
         ("get", "/items/i1/similar", {"params": {"k": "x"}}, 422, "k"),
         ("post", "/events", {"json": {"user_id": "u1", "item_id": "i1"}}, 422, "type"),
