@@ -195,7 +195,7 @@ class EpochRunner:
         self.club_steps = cfg.mrdib.club_steps if self.aux_opt else 0
         train_u, train_i = dataset.split_pairs(TRAIN)
         self.sampler = NegativeSampler(train_u, train_i, dataset.n_items)
-        self.bounds = batch_bounds(len(train_u), cfg.batch_size, 1)
+        self.bounds = batch_bounds(len(train_u), cfg.batch_size_for(len(train_u)), 1)
         self.mask_csr, self.valid_csr = dataset.csr(TRAIN), dataset.csr(VALID)
         self.popularity = dataset.item_popularity()
         self.ks = sorted(set(cfg.topk))

@@ -9,6 +9,7 @@ the settings the equal-budget study chose on validation, not the literature's ge
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -103,6 +104,12 @@ class TrainConfig(_Cfg):
     seed: int = 2024
     epochs: int = Field(200, ge=1)
     batch_size: int = Field(2048, ge=1)
+    steps_per_epoch: int | None = Field(
+        None,
+        ge=1,
+        description="when set, the batch size is the training interactions / steps_per_epoch (rounded up) "
+        "instead of batch_size: a setting validated on one catalogue keeps its updates per epoch on another",
+    )
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     patience: int = Field(20, ge=1, description="epochs without validation improvement before stopping")
@@ -115,11 +122,18 @@ class TrainConfig(_Cfg):
     threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = CPU cores / local DDP ranks")
     out: str | None = None
 
+    def batch_size_for(self, n_train: int) -> int:
+        """Triples per step for a training set of n_train interactions (steps_per_epoch wins when set)."""
+        if self.steps_per_epoch is None:
+            return self.batch_size
+        return max(1, math.ceil(n_train / self.steps_per_epoch))
+
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Validated preset of the backbone < YAML or TOML file (or nothing) < dotted overrides like
     {'backbone.name': 'bpr'}. The preset is chosen by the backbone and `mrdib.enabled` that the file and the
-    overrides end up with; `validated_defaults: false` (in either) leaves it out."""
+    overrides end up with; `validated_defaults: false` (in either) leaves it out. A batch size set in the file
+    or the overrides replaces the preset's steps_per_epoch (the user's explicit choice of step size wins)."""
     from training.presets import preset
 
     data: dict[str, Any] = {}
@@ -133,7 +147,10 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> T
     if data.get("validated_defaults", True):
         backbone = (data.get("backbone") or {}).get("name", BackboneConfig.model_fields["name"].default)
         enabled = bool((data.get("mrdib") or {}).get("enabled", False))
-        data = merge(set_dotted({}, preset(str(backbone), enabled)), data)
+        chosen = preset(str(backbone), enabled)
+        if "batch_size" in data:
+            chosen.pop("steps_per_epoch", None)
+        data = merge(set_dotted({}, chosen), data)
     return TrainConfig.model_validate(data)
 
 

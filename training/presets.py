@@ -13,9 +13,10 @@ on test. A key absent here keeps TrainConfig's field default.
 Chosen on the SPARSE split (ml-100k-mm-sparse, about 9 training interactions per user): the shops and media
 sites this product is for have catalogues as sparse as the Amazon sets, where the content path matters most.
 The dense study (`study:dense`) trains exactly these settings on ml-100k-mm, so its table is what a user of a
-denser catalogue gets from them. The batch size is not part of a preset: the study searched it on a split of
-8k training interactions, where 256 is 32 steps an epoch; carried to a catalogue 10-1000x larger it would
-multiply the steps of every epoch. Every preset keeps TrainConfig's 2048 (set it with --batch-size).
+denser catalogue gets from them. The batch size is carried as `steps_per_epoch` (the sparse split's 8,216
+training interactions / the winner's batch, rounded up): a batch of 256 found there is 33 steps an epoch, and
+on a catalogue 10-1000x larger the same 33 steps (batch ~ interactions / 33) keep the validated number of
+updates per epoch instead of multiplying it. An explicit --batch-size replaces it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ PRESETS: dict[tuple[str, bool], dict[str, Any]] = {
         'backbone.reg_weight': 0.1,
         'lr': 0.003,
         'patience': 10,
+        'steps_per_epoch': 5,
     },
     # bpr +MRdIB: trial 4, valid R@20 0.1430
     ('bpr', True): {
@@ -46,6 +48,7 @@ PRESETS: dict[tuple[str, bool], dict[str, Any]] = {
         'mrdib.synergy_penalty': 'logcosh',
         'mrdib.weight_decay': 0.001,
         'patience': 10,
+        'steps_per_epoch': 9,
     },
     # lightgcn: trial 2, valid R@20 0.1675
     ('lightgcn', False): {
@@ -53,6 +56,7 @@ PRESETS: dict[tuple[str, bool], dict[str, Any]] = {
         'backbone.reg_weight': 0.01,
         'lr': 0.005,
         'patience': 20,
+        'steps_per_epoch': 5,
     },
     # lightgcn +MRdIB: trial 4, valid R@20 0.1666
     ('lightgcn', True): {
@@ -72,6 +76,7 @@ PRESETS: dict[tuple[str, bool], dict[str, Any]] = {
         'mrdib.synergy_penalty': 'logcosh',
         'mrdib.weight_decay': 0.0001,
         'patience': 10,
+        'steps_per_epoch': 33,
     },
     # vbpr: trial 3, valid R@20 0.1251
     ('vbpr', False): {
@@ -80,6 +85,7 @@ PRESETS: dict[tuple[str, bool], dict[str, Any]] = {
         'backbone.reg_weight': 0.1,
         'lr': 0.005,
         'patience': 10,
+        'steps_per_epoch': 9,
     },
     # vbpr +MRdIB: trial 7, valid R@20 0.1312
     ('vbpr', True): {
@@ -99,6 +105,7 @@ PRESETS: dict[tuple[str, bool], dict[str, Any]] = {
         'mrdib.synergy_penalty': 'logcosh',
         'mrdib.weight_decay': 0.0,
         'patience': 20,
+        'steps_per_epoch': 9,
     },
     # freedom: trial 5, valid R@20 0.1466
     ('freedom', False): {
@@ -107,6 +114,7 @@ PRESETS: dict[tuple[str, bool], dict[str, Any]] = {
         'backbone.reg_weight': 0.0,
         'lr': 0.01,
         'patience': 10,
+        'steps_per_epoch': 33,
         'weight_decay': 0.0001,
     },
     # freedom +MRdIB: trial 7, valid R@20 0.1539
@@ -128,6 +136,7 @@ PRESETS: dict[tuple[str, bool], dict[str, Any]] = {
         'mrdib.synergy_penalty': 'logcosh',
         'mrdib.weight_decay': 0.0,
         'patience': 20,
+        'steps_per_epoch': 33,
         'weight_decay': 0.0001,
     },
     # mgcn: trial 1, valid R@20 0.1517
@@ -137,6 +146,7 @@ PRESETS: dict[tuple[str, bool], dict[str, Any]] = {
         'backbone.reg_weight': 1e-05,
         'lr': 0.003,
         'patience': 20,
+        'steps_per_epoch': 5,
     },
     # mgcn +MRdIB: trial 0, valid R@20 0.1628
     ('mgcn', True): {
@@ -149,6 +159,7 @@ PRESETS: dict[tuple[str, bool], dict[str, Any]] = {
         'mrdib.normalize_terms': True,
         'mrdib.synergy_penalty': 'logcosh',
         'patience': 10,
+        'steps_per_epoch': 9,
     },
 }
 

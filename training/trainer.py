@@ -173,7 +173,7 @@ def train(
     mask_csr, valid_csr, test_csr = dataset.csr(TRAIN), dataset.csr(VALID), dataset.csr(TEST)
     popularity = dataset.item_popularity()
     eval_data = (mask_csr, valid_csr, test_csr, popularity)
-    bounds = batch_bounds(len(train_u), cfg.batch_size, info.world_size)
+    bounds = batch_bounds(len(train_u), cfg.batch_size_for(len(train_u)), info.world_size)
 
     if info.is_main:
         if not resume:  # a stale result must not outlive a new run that crashes (experiments skip on it)
