@@ -68,3 +68,13 @@ def test_auto_picks_the_backbone_on_validation(tmp_path: Path) -> None:
         assert (out / "auto" / name / "metrics.json").is_file()
     bad = CliRunner().invoke(app, [*args[:5], "--candidates", "nope", *args[7:]])
     assert bad.exit_code == 2 and "unknown candidate" in bad.output
+
+
+def test_steps_per_epoch_sizes_the_batch_and_an_explicit_batch_size_replaces_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(presets, "PRESETS", {("bpr", False): {"steps_per_epoch": 33}})
+    cfg = load_config(None, {"backbone.name": "bpr"})
+    assert cfg.batch_size_for(8216) == 249 and cfg.batch_size_for(80024) == 2425  # 33 steps on either catalogue
+    assert len(range(0, 80024, cfg.batch_size_for(80024))) == 33
+    mine = load_config(None, {"backbone.name": "bpr", "batch_size": 512})
+    assert mine.steps_per_epoch is None and mine.batch_size_for(80024) == 512  # the user's batch size wins
+    assert load_config(None, {"backbone.name": "bpr", "validated_defaults": False}).batch_size_for(80024) == 2048
