@@ -70,7 +70,7 @@ def test_auto_picks_the_backbone_on_validation(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "unknown candidate" in bad.output
 
 
-def test_steps_per_epoch_sizes_the_batch_and_an_explicit_batch_size_replaces_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_steps_per_epoch_sizes_the_batch_and_an_explicit_batch_size_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(presets, "PRESETS", {("bpr", False): {"steps_per_epoch": 33}})
     cfg = load_config(None, {"backbone.name": "bpr"})
     assert cfg.batch_size_for(8216) == 249 and cfg.batch_size_for(80024) == 2425  # 33 steps on either catalogue
