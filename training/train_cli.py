@@ -104,7 +104,8 @@ def train_command(
         None, "--patience", help="Epochs without validation improvement before stopping.",
         show_default=_preset_default("patience")),
     batch_size: int | None = typer.Option(
-        None, "--batch-size", help="Triples per step; replaces the preset's steps_per_epoch.", show_default=_preset_default("batch_size")),
+        None, "--batch-size", help="Triples per step; replaces the preset's steps_per_epoch.",
+        show_default=_preset_default("batch_size")),
     lr: float | None = typer.Option(None, "--lr", help="Adam learning rate.", show_default=_preset_default("lr")),
     device: str | None = typer.Option(
         None, "--device", help="auto (cuda if available), cpu or cuda.", show_default=f"{_D.device}"),
