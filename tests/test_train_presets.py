@@ -78,3 +78,21 @@ def test_steps_per_epoch_sizes_the_batch_and_an_explicit_batch_size_wins(monkeyp
     mine = load_config(None, {"backbone.name": "bpr", "batch_size": 512})
     assert mine.steps_per_epoch is None and mine.batch_size_for(80024) == 512  # the user's batch size wins
     assert load_config(None, {"backbone.name": "bpr", "validated_defaults": False}).batch_size_for(80024) == 2048
+
+
+def _inter(folder: Path, per_user: int, users: int = 3) -> Path:
+    folder.mkdir()
+    rows = ["userID\titemID\trating\ttimestamp\tx_label"]
+    rows += [f"{u}\t{i}\t1\t0\t0" for u in range(users) for i in range(per_user)]
+    rows += [f"{u}\t{per_user}\t1\t0\t{s}" for u in range(users) for s in (1, 2)]  # valid/test rows do not count
+    (folder / "x.inter").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder
+
+
+def test_presets_apply_to_sparse_data_only(fake_presets: None, tmp_path: Path) -> None:
+    sparse, dense = _inter(tmp_path / "sparse", 9), _inter(tmp_path / "dense", 85)
+    assert presets.train_interactions_per_user(str(sparse)) == 9.0
+    over = {"backbone.name": "freedom", "mrdib.enabled": True}
+    assert load_config(None, {**over, "data": str(sparse)}).lr == 0.007  # validated at ~9 per user: applied
+    assert load_config(None, {**over, "data": str(dense)}).lr == 1e-3  # 85 per user: the field defaults stay
+    assert load_config(None, {**over, "data": "synth:small"}).lr == 0.007  # density unknown: the preset

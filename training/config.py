@@ -133,8 +133,10 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> T
     """Validated preset of the backbone < YAML or TOML file (or nothing) < dotted overrides like
     {'backbone.name': 'bpr'}. The preset is chosen by the backbone and `mrdib.enabled` that the file and the
     overrides end up with; `validated_defaults: false` (in either) leaves it out. A batch size set in the file
-    or the overrides replaces the preset's steps_per_epoch (the user's explicit choice of step size wins)."""
-    from training.presets import preset
+    or the overrides replaces the preset's steps_per_epoch (the user's explicit choice of step size wins).
+    The presets were validated on sparse data: for an MMRec folder with more than presets.SPARSE_LIMIT training
+    interactions per user they are left out (with a warning), and the field defaults stay."""
+    from training.presets import applies, preset
 
     data: dict[str, Any] = {}
     if path is not None:
@@ -144,7 +146,7 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> T
         if not isinstance(data, dict):
             raise ValueError(f"{path}: top level must be a mapping")
     set_dotted(data, {k: v for k, v in (overrides or {}).items() if v is not None})
-    if data.get("validated_defaults", True):
+    if data.get("validated_defaults", True) and applies(data.get("data")):
         backbone = (data.get("backbone") or {}).get("name", BackboneConfig.model_fields["name"].default)
         enabled = bool((data.get("mrdib") or {}).get("enabled", False))
         chosen = preset(str(backbone), enabled)

@@ -910,7 +910,8 @@ def _train_config(settings: RetrainSettings, current: Any | None, data: Path, ou
         except ValidationError:
             cfg = None
     if cfg is None:
-        cfg = load_config(None, {"backbone.name": settings.backbone, "mrdib.enabled": settings.mrdib})
+        recipe = {"backbone.name": settings.backbone, "mrdib.enabled": settings.mrdib, "data": str(data)}
+        cfg = load_config(None, recipe)  # data too: the presets are left out for dense data
     updates: dict[str, Any] = {"data": str(data), "out": str(out), "device": settings.device}
     if settings.epochs is not None:
         updates["epochs"] = settings.epochs
