@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,13 @@ def test_study_tunes_rows_retrains_winners_and_writes_intervals(tmp_path: Path) 
         for variant in ("plain", "content", "mrdib"):
             assert len(list((runs / backbone / variant).glob("trial*/seed1/metrics.json"))) == 3
             assert len(list((runs / backbone / variant).glob("trial*/seed2/metrics.json"))) == 1  # winner only
+            # the winner's other seeds sit beside its own tuning run and train its own settings
+            (final,) = (runs / backbone / variant).glob("trial*/seed2")
+            tuned = json.loads((final.parent / "seed1" / "config.json").read_text(encoding="utf-8"))
+            again = json.loads((final / "config.json").read_text(encoding="utf-8"))
+            assert {**tuned, "seed": 2, "out": None} == {**again, "out": None}
+    winners = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text(encoding="utf-8"))
+    assert any(r["trial"] != 0 for r in next(iter(winners.values())).values())  # a winner other than trial 0 seen
     pu = load_per_user(next(runs.glob("bpr/plain/trial*/seed2")))
     assert pu["users"].dtype == np.int64 and pu["recall@20"].shape == pu["users"].shape
     # a second invocation trains nothing and writes the same table

@@ -285,13 +285,15 @@ def _describe(job: Job, m: dict | None) -> str:
 
 
 def study_jobs(
-    study: StudyConfig, spec: str, row: Row, points: list[dict[str, Any]], seeds: Iterable[int]
+    study: StudyConfig, spec: str, row: Row, points: dict[int, dict[str, Any]], seeds: Iterable[int]
 ) -> list[Job]:
+    """One job per (trial, seed); `points` maps each trial's index to its point, so a winner's final runs land
+    in its own trial<k>/ folder (where its tuning run is reused), never in another trial's."""
     from training.config import set_dotted
 
     root = Path(study.out) / study.name / dataset_slug(spec) / row.backbone / row.variant
     jobs = []
-    for k, point in enumerate(points):
+    for k, point in points.items():
         for s in seeds:
             cfg = set_dotted(json.loads(json.dumps(study.base)), run_overrides(study, spec, row, point, s))
             jobs.append(Job(str(root / f"trial{k}" / f"seed{s}"), cfg, study.cache_dir))
@@ -316,7 +318,7 @@ def run_study(study: StudyConfig, config_path: Path, log: Callable[[str], None] 
     out: dict[str, list[RowResult]] = {}
     for spec in study.datasets:
         trials = {row: row_trials(study, spec, row) for row in rows}
-        tune_jobs = {row: study_jobs(study, spec, row, trials[row], [study.tune_seed]) for row in rows}
+        tune_jobs = {row: study_jobs(study, spec, row, dict(enumerate(trials[row])), [study.tune_seed]) for row in rows}
         flat = [j for row in rows for j in tune_jobs[row]]
         metrics = iter(run_jobs(flat, study.jobs, log))
         winners: dict[Row, tuple[int, list[float]]] = {}
@@ -324,7 +326,10 @@ def run_study(study: StudyConfig, config_path: Path, log: Callable[[str], None] 
             valids = [m["valid"][m["valid_metric"]] for m in (next(metrics) for _ in tune_jobs[row])]
             winners[row] = (int(np.argmax(valids)), valids)  # first of equal scores: the simplest point
         # the winner's final runs live beside its tuning run (trial<k>/seed<s>): the tune_seed one is reused
-        final = {row: study_jobs(study, spec, row, [trials[row][winners[row][0]]], study.seeds) for row in rows}
+        final = {
+            row: study_jobs(study, spec, row, {winners[row][0]: trials[row][winners[row][0]]}, study.seeds)
+            for row in rows
+        }
         flat = [j for row in rows for j in final[row]]
         metrics = iter(run_jobs(flat, study.jobs, log))
         out[spec] = []
