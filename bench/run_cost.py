@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         f"process with {args.threads} torch thread(s), before/after interleaved per seed. seconds = the trainer's "
         "own total (training, validation and checkpoint writes); CPU s = the child process's user + system time.",
         "- noise: the machine is shared with other engineers' jobs; compare within this table.",
+        "- dense data (more than training/presets.py SPARSE_LIMIT training interactions per user, e.g. ml-100k-mm) "
+        "gets no preset, so before and after are the same run there and it is not repeated.",
         "",
         md_table(HEADERS, rows),
         "",
