@@ -315,6 +315,10 @@ class EventSink:
                         await self.replay()
             except REDIS_DOWN as e:
                 self.link.failed("replay", e)
+            except RuntimeError as e:
+                if "after shutdown" in str(e):  # the loop's thread pool is gone: the process is stopping
+                    return
+                log.exception("event_monitor_failed")
             except Exception:  # the monitor must survive anything; the error is logged
                 log.exception("event_monitor_failed")
             await asyncio.sleep(self.settings.redis_check_interval_s)
