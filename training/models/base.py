@@ -91,3 +91,26 @@ class Backbone(nn.Module):
 
     def on_epoch_start(self, epoch: int) -> None:
         pass
+
+
+class IdGraphBackbone(Backbone):
+    """A graph backbone whose propagation starts from free user/item ID tables (`user_emb`, `item_emb`) and is
+    linear in them: `_propagate(users, items)` is the whole model, so content added to the item table before
+    propagation, and its share of the output, follow from that one function."""
+
+    propagates_items = True
+    user_emb: nn.Parameter
+    item_emb: nn.Parameter
+
+    def propagate(self, item_extra: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        items = self.item_emb if item_extra is None else self.item_emb + item_extra
+        return self._propagate(self.user_emb, items)
+
+    def propagate_extra(self, extra: Tensor) -> tuple[Tensor, Tensor]:
+        return self._propagate(extra.new_zeros(self.n_users, extra.shape[1]), extra)
+
+    def item_id_table(self) -> Tensor:
+        return self.item_emb
+
+    def _propagate(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError

@@ -39,7 +39,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from training.config import BackboneConfig
-from training.models.base import Backbone, ModelContext
+from training.models.base import IdGraphBackbone, ModelContext
 from training.models.common import ModelParams, bpr_loss, parse_params, require_modalities, xavier_embedding
 from training.models.graph import (
     SparseMatrix,
@@ -82,10 +82,9 @@ def modality_mix_weights(modalities: list[str], p: FreedomParams) -> list[float]
     return [x / total for x in w]
 
 
-class FREEDOM(Backbone):
+class FREEDOM(IdGraphBackbone):
     name = "freedom"
     uses_features = True
-    propagates_items = True
 
     def __init__(self, ctx: ModelContext, cfg: BackboneConfig) -> None:
         super().__init__(ctx, cfg)
@@ -123,16 +122,6 @@ class FREEDOM(Backbone):
             return
         keep = sample_edges(self.edge_weights, self.n_keep)
         self.masked_adj = norm_adjacency(self.edge_users[keep], self.edge_items[keep], self.n_users, self.n_items)
-
-    def propagate(self, item_extra: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        items = self.item_emb if item_extra is None else self.item_emb + item_extra
-        return self._propagate(self.user_emb, items)
-
-    def propagate_extra(self, extra: Tensor) -> tuple[Tensor, Tensor]:
-        return self._propagate(extra.new_zeros(self.n_users, extra.shape[1]), extra)
-
-    def item_id_table(self) -> Tensor:
-        return self.item_emb
 
     def _propagate(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
         """LightGCN over the (pruned, in training) user-item graph plus the item-item view; linear in both inputs."""

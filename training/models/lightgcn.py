@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from training.config import BackboneConfig
-from training.models.base import Backbone, ModelContext
+from training.models.base import IdGraphBackbone, ModelContext
 from training.models.common import ModelParams, bpr_loss, l2_reg, parse_params, xavier_embedding
 from training.models.graph import lightgcn_propagate, norm_adjacency, unique_edges
 
@@ -24,10 +24,9 @@ class LightGCNParams(ModelParams):
     """LightGCN has no knobs beyond `BackboneConfig`; the empty schema rejects stray keys."""
 
 
-class LightGCN(Backbone):
+class LightGCN(IdGraphBackbone):
     name = "lightgcn"
     uses_features = False
-    propagates_items = True
 
     def __init__(self, ctx: ModelContext, cfg: BackboneConfig) -> None:
         super().__init__(ctx, cfg)
@@ -39,16 +38,6 @@ class LightGCN(Backbone):
         # Plain attribute, not a buffer: a sparse buffer would break DDP's buffer broadcast and
         # the checkpoint (it is derived data, rebuilt from the training interactions).
         self.adj = norm_adjacency(u, i, ctx.n_users, ctx.n_items)  # sparse [(U+I), (U+I)]
-
-    def propagate(self, item_extra: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        items = self.item_emb if item_extra is None else self.item_emb + item_extra
-        return self._propagate(self.user_emb, items)
-
-    def propagate_extra(self, extra: Tensor) -> tuple[Tensor, Tensor]:
-        return self._propagate(extra.new_zeros(self.n_users, extra.shape[1]), extra)
-
-    def item_id_table(self) -> Tensor:
-        return self.item_emb
 
     def _propagate(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
         out = lightgcn_propagate(self.adj, torch.cat([users, items], dim=0), self.n_layers)  # [(U+I), d]
