@@ -121,3 +121,15 @@ def test_study_tunes_rows_retrains_winners_and_writes_intervals(tmp_path: Path) 
     assert res.exit_code == 0 and "runs to train" not in res.output
     again = (tmp_path / "RESULTS.md").read_text(encoding="utf-8").split("<!-- study:tiny -->")[1]
     assert again.split("<!-- /study:tiny -->")[0].split("- Budget")[1] == before.split("- Budget")[1]
+
+
+def test_a_study_file_naming_an_unknown_backbone_is_refused_with_its_path(tmp_path: Path) -> None:
+    from training.study import load_study
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "datasets": ["d"], "backbones": ["frdeom"]}), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"s\.yaml: unknown backbone 'frdeom'"):
+        load_study(path)
+    path.write_text("- a list\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="top level must be a mapping"):
+        load_study(path)

@@ -37,9 +37,10 @@ import shlex
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -95,24 +96,33 @@ class ExperimentConfig(BaseModel):
         return v
 
 
-def load_experiment(path: Path) -> ExperimentConfig:
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_yaml_model(path: Path, model: type[M], what: str, backbones: Callable[[M], list[str]]) -> M:
+    """A YAML file validated as `model`; every error (missing file, not a mapping, invalid field, unknown
+    backbone among `backbones(config)`) is a ValueError naming the file. Shared by experiments and studies."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: experiment config not found")
+        raise ValueError(f"{path}: {what} config not found")
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: top level must be a mapping")
     try:
-        exp = ExperimentConfig.model_validate(data)
+        cfg = model.model_validate(data)
     except ValidationError as e:
         raise ValueError(f"{path}: {e}") from None
     from training.config import BackboneConfig
 
     known = BackboneConfig.model_fields["name"].annotation.__args__  # the BackboneName Literal
-    for b in exp.backbones + (exp.ablation_backbones or []):
+    for b in backbones(cfg):
         if b not in known:
             raise ValueError(f"{path}: unknown backbone {b!r}; known: {list(known)}")
-    return exp
+    return cfg
+
+
+def load_experiment(path: Path) -> ExperimentConfig:
+    return load_yaml_model(path, ExperimentConfig, "experiment", lambda e: e.backbones + (e.ablation_backbones or []))
 
 
 # --- datasets ------------------------------------------------------------------------------------

@@ -53,8 +53,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from training.evaluation.bootstrap import Difference, paired_bootstrap
 
@@ -114,14 +113,9 @@ class StudyConfig(BaseModel):
 
 
 def load_study(path: Path) -> StudyConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: study config not found")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    try:
-        return StudyConfig.model_validate(data)
-    except ValidationError as e:
-        raise ValueError(f"{path}: {e}") from None
+    from training.experiment import load_yaml_model
+
+    return load_yaml_model(path, StudyConfig, "study", lambda s: s.backbones)
 
 
 # --- the plan: rows, their search spaces, their trials ---------------------------------------------
