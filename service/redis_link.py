@@ -42,6 +42,8 @@ import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (
     ClusterDownError,
     MaxConnectionsError,
@@ -127,9 +129,13 @@ class RedisLink:
                         socket_connect_timeout=settings.redis_connect_timeout_s)
         self.pool: BoundedPool | None = None
         if self.cluster:
-            # Topology errors are retried inside the client a few times (MOVED/ASK after a resharding or failover).
+            # Topology errors are retried inside the client a few times (MOVED/ASK after a resharding or failover),
+            # with a bounded backoff: a dead node must cost a request well under a client's timeout, after which
+            # the event goes to the WAL and the request is served locally (see Settings.redis_cluster_retries).
+            retry = Retry(ExponentialWithJitterBackoff(base=0.01, cap=settings.redis_cluster_backoff_cap_s),
+                          retries=settings.redis_cluster_retries)
             self.client: Any = RedisCluster.from_url(settings.redis_url, max_connections=settings.redis_pool_size,
-                                                     **timeouts)
+                                                     retry=retry, **timeouts)
         else:
             self.pool = BoundedPool.from_url(settings.redis_url, max_connections=settings.redis_pool_size,
                                              timeout=settings.redis_pool_timeout_s, **timeouts)

@@ -52,6 +52,14 @@ class Settings(BaseSettings):
     redis_socket_timeout_s: float = Field(default=0.25, gt=0, description="per-command socket timeout")
     redis_connect_timeout_s: float = Field(default=0.25, gt=0)
     redis_check_interval_s: float = Field(default=1.0, gt=0, description="health probe / WAL replay period")
+    redis_cluster_retries: int = Field(
+        default=3, ge=0, le=10,
+        description="cluster mode: retries of a command after a connection error, timeout or CLUSTERDOWN, each after "
+                    "a short jittered backoff (<= redis_cluster_backoff_cap_s) and a topology refresh. Bounds how "
+                    "long a request waits on a dead node before its event goes to the WAL (the client's own "
+                    "default, 10 retries backing off to 1 s each, kept a request waiting over 10 s)")
+    redis_cluster_backoff_cap_s: float = Field(default=0.2, gt=0, le=5,
+                                               description="cluster mode: longest backoff between two retries")
     user_vector_ttl_s: int = Field(default=3600, ge=1, description="TTL of cached user vectors")
     history_ttl_s: int = Field(default=30 * 86400, ge=1, description="TTL of a user's recent-event list")
     dedupe_ttl_s: int = Field(default=7 * 86400, ge=1,
