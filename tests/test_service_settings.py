@@ -154,6 +154,19 @@ def test_cluster_mode_builds_a_cluster_client_with_the_same_layout(env):
     assert link.stream_of("alice") == f"mrdib:events:{{u{s.layout.shard('alice')}}}"
 
 
+def test_cluster_client_retries_are_bounded_by_the_settings(env):
+    """A dead node must cost a request well under a client's timeout: redis-py's own cluster default (10
+    retries, backoff up to 1 s each) kept an event request over 10 s in CI's node-kill test."""
+    env.setenv("MRDIB_REDIS_MODE", "cluster")
+    env.setenv("REDIS_URL", "redis://10.0.0.7:7000/0")
+    env.setenv("MRDIB_REDIS_CLUSTER_RETRIES", "2")
+    env.setenv("MRDIB_REDIS_CLUSTER_BACKOFF_CAP_S", "0.1")
+    link = RedisLink(Settings(), Metrics())
+    assert link.client.retry.get_retries() == 2
+    assert max(link.client.retry._backoff.compute(n) for n in range(1, 20) for _ in range(20)) <= 0.1
+    assert RedisLink(Settings(redis_cluster_retries=0), Metrics()).client.retry.get_retries() == 0
+
+
 def _fresh_thread_default() -> int:
     """What OpenMP gives a thread nobody configured (OMP_NUM_THREADS or the core count)."""
     out: list[int] = []
