@@ -13,8 +13,19 @@ from typer.testing import CliRunner
 
 from mrdib.cli import app
 from training.checkpoint import load_per_user
+from training.config import TrainConfig, set_dotted
 from training.evaluation.bootstrap import paired_bootstrap
-from training.study import Row, StudyConfig, _rng, row_space, row_trials, run_overrides, sample_trials
+from training.study import (
+    RUN_KEYS,
+    Row,
+    StudyConfig,
+    _flat,
+    _rng,
+    row_space,
+    row_trials,
+    run_overrides,
+    sample_trials,
+)
 
 BASE = {
     "device": "cpu", "threads": 1, "epochs": 2, "patience": 5, "batch_size": 128, "topk": [10, 20],
@@ -113,6 +124,15 @@ def test_study_tunes_rows_retrains_winners_and_writes_intervals(tmp_path: Path) 
             assert {**tuned, "seed": 2, "out": None} == {**again, "out": None}
     winners = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text(encoding="utf-8"))
     assert any(r["trial"] != 0 for r in next(iter(winners.values())).values())  # a winner other than trial 0 seen
+    for label, r in next(iter(winners.values())).items():  # each preset rebuilds its winner's model settings
+        run = json.loads((Path(r["runs"][0]) / "config.json").read_text(encoding="utf-8"))
+        rebuilt = TrainConfig.model_validate(set_dotted({}, {**r["preset"], "backbone.name": run["backbone"]["name"],
+                                                             "mrdib.enabled": run["mrdib"]["enabled"]}))
+        mine, theirs = _flat(rebuilt.model_dump(mode="json")), _flat(run)
+        plain = not run["mrdib"]["enabled"]
+        assert {k: v for k, v in mine.items() if k not in RUN_KEYS and not (plain and k.startswith("mrdib."))} == {
+            k: v for k, v in theirs.items() if k in mine and k not in RUN_KEYS
+            and not (plain and k.startswith("mrdib."))}, label
     pu = load_per_user(next(runs.glob("bpr/plain/trial*/seed2")))
     assert pu["users"].dtype == np.int64 and pu["recall@20"].shape == pu["users"].shape
     # a second invocation trains nothing and writes the same table

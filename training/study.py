@@ -432,12 +432,43 @@ def render(study: StudyConfig, config_path: Path, out: dict[str, list[RowResult]
     return "\n".join(lines) + "\n"
 
 
+#: run settings, not model settings: never part of a preset
+RUN_KEYS = ("data", "seed", "out", "device", "threads", "topk", "valid_metric", "epochs", "validated_defaults")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def preset_of(study: StudyConfig, spec: str, row: Row, point: dict[str, Any]) -> dict[str, Any]:
+    """A row's winning configuration as training/presets.py holds it: the dotted settings in which the run
+    differs from TrainConfig's defaults (backbone and plug-in switch, run settings, and a plain row's unused
+    plug-in settings left out). Written into summary.json, so a preset is copied from there, not retyped."""
+    from training.config import TrainConfig, set_dotted
+
+    cfg = TrainConfig.model_validate(
+        set_dotted(json.loads(json.dumps(study.base)), run_overrides(study, spec, row, point, study.tune_seed)))
+    default = TrainConfig.model_validate({"backbone": {"name": row.backbone}})
+    mine, theirs = _flat(cfg.model_dump(mode="json")), _flat(default.model_dump(mode="json"))
+    skip = {"backbone.name", "mrdib.enabled", *RUN_KEYS}
+    plugin_off = not cfg.mrdib.enabled  # a plain row: the plug-in's settings are not part of its model
+    return {k: v for k, v in sorted(mine.items())
+            if k not in skip and theirs.get(k) != v and not (plugin_off and k.startswith("mrdib."))}
+
+
 def summarise(study: StudyConfig, out: dict[str, list[RowResult]]) -> dict:
     return {
         spec: {
             r.row.label: {
                 "trial": r.trial,
                 "point": r.point,
+                "preset": preset_of(study, spec, r.row, r.point),
                 "valid": r.valid,
                 "trial_valid": r.trial_valid,
                 "test": {k: _mean_std([x["test"][k] for x in r.runs]) for k in REPORTED},
