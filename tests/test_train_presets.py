@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from mrdib.cli import app
 from training import presets
-from training.config import load_config
+from training.config import TrainConfig, load_config, set_dotted
 
 
 @pytest.fixture
@@ -44,10 +44,15 @@ def test_the_backbone_s_preset_lies_under_the_file_and_the_flags(fake_presets: N
 
 
 def test_shipped_presets_are_valid_configs() -> None:
-    for (backbone, enabled), over in presets.PRESETS.items():
-        cfg = load_config(None, {"backbone.name": backbone, "mrdib.enabled": enabled})
-        assert cfg.backbone.name == backbone and cfg.mrdib.enabled == enabled
-        assert not {k for k in over if k in ("data", "seed", "out", "device")}  # settings, not a run
+    for which in ("sparse", "dense"):
+        table = presets.PRESETS if which == "sparse" else presets.DENSE_PRESETS
+        assert table, which
+        for (backbone, enabled), over in table.items():
+            assert presets.preset(backbone, enabled, which) == over
+            cfg = TrainConfig.model_validate(set_dotted({}, {**over, "backbone.name": backbone,
+                                                             "mrdib.enabled": enabled}))
+            assert cfg.backbone.name == backbone and cfg.mrdib.enabled == enabled
+            assert not {k for k in over if k in ("data", "seed", "out", "device")}  # settings, not a run
 
 
 def test_auto_picks_the_backbone_on_validation(tmp_path: Path) -> None:
@@ -89,10 +94,17 @@ def _inter(folder: Path, per_user: int, users: int = 3) -> Path:
     return folder
 
 
-def test_presets_apply_to_sparse_data_only(fake_presets: None, tmp_path: Path) -> None:
+def test_sparse_and_dense_data_get_their_own_presets(fake_presets: None, monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    monkeypatch.setattr(presets, "DENSE_PRESETS", {("freedom", True): {"lr": 0.0005, "backbone.params.knn_k": 10}})
     sparse, dense = _inter(tmp_path / "sparse", 9), _inter(tmp_path / "dense", 85)
     assert presets.train_interactions_per_user(str(sparse)) == 9.0
+    assert (presets.tier(str(sparse)), presets.tier(str(dense)), presets.tier("synth:small")) == (
+        "sparse", "dense", "sparse")
     over = {"backbone.name": "freedom", "mrdib.enabled": True}
-    assert load_config(None, {**over, "data": str(sparse)}).lr == 0.007  # validated at ~9 per user: applied
-    assert load_config(None, {**over, "data": str(dense)}).lr == 1e-3  # 85 per user: the field defaults stay
-    assert load_config(None, {**over, "data": "synth:small"}).lr == 0.007  # density unknown: the preset
+    assert load_config(None, {**over, "data": str(sparse)}).lr == 0.007  # validated at ~9 per user
+    cfg = load_config(None, {**over, "data": str(dense)})
+    assert (cfg.lr, cfg.backbone.params, cfg.mrdib.content_at) == (0.0005, {"knn_k": 10}, "output")  # dense set only
+    assert load_config(None, {**over, "data": "synth:small"}).lr == 0.007  # density unknown: the sparse preset
+    # no dense preset for plain FREEDOM here: the field defaults stay, not the sparse preset
+    assert load_config(None, {"backbone.name": "freedom", "data": str(dense)}).lr == 1e-3

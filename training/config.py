@@ -134,9 +134,9 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> T
     {'backbone.name': 'bpr'}. The preset is chosen by the backbone and `mrdib.enabled` that the file and the
     overrides end up with; `validated_defaults: false` (in either) leaves it out. A batch size set in the file
     or the overrides replaces the preset's steps_per_epoch (the user's explicit choice of step size wins).
-    The presets were validated on sparse data: for an MMRec folder with more than presets.SPARSE_LIMIT training
-    interactions per user they are left out (with a warning), and the field defaults stay."""
-    from training.presets import applies, preset
+    Two sets of presets, each validated on its own kind of data: an MMRec folder with more than
+    presets.SPARSE_LIMIT training interactions per user gets the dense ones, anything else the sparse ones."""
+    from training.presets import preset_for
 
     data: dict[str, Any] = {}
     if path is not None:
@@ -146,10 +146,10 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> T
         if not isinstance(data, dict):
             raise ValueError(f"{path}: top level must be a mapping")
     set_dotted(data, {k: v for k, v in (overrides or {}).items() if v is not None})
-    if data.get("validated_defaults", True) and applies(data.get("data")):
+    if data.get("validated_defaults", True):
         backbone = (data.get("backbone") or {}).get("name", BackboneConfig.model_fields["name"].default)
         enabled = bool((data.get("mrdib") or {}).get("enabled", False))
-        chosen = preset(str(backbone), enabled)
+        chosen = preset_for(str(backbone), enabled, data.get("data"))
         if "batch_size" in data:
             chosen.pop("steps_per_epoch", None)
         data = merge(set_dotted({}, chosen), data)
