@@ -57,7 +57,7 @@ def run_one(data: Path, backbone: str, setting: str, seed: int, threads: int, ou
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    # the presets apply to sparse data only (training/presets.py SPARSE_LIMIT): on ml-100k-mm both runs are the same
+    # sparse data gets training/presets.py PRESETS, denser data (ml-100k-mm) DENSE_PRESETS: name it to measure those
     ap.add_argument("--datasets", default="ml-100k-mm-sparse")
     ap.add_argument("--backbone", default="freedom")
     ap.add_argument("--seeds", default="1,2")
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         "own total (training, validation and checkpoint writes); CPU s = the child process's user + system time.",
         "- noise: the machine is shared with other engineers' jobs; compare within this table.",
         "- dense data (more than training/presets.py SPARSE_LIMIT training interactions per user, e.g. ml-100k-mm) "
-        "gets no preset, so before and after are the same run there and it is not repeated.",
+        "gets the dense presets (DENSE_PRESETS); a table without it did not measure them (`--datasets ml-100k-mm`).",
         "",
         md_table(HEADERS, rows),
         "",

@@ -911,7 +911,7 @@ def _train_config(settings: RetrainSettings, current: Any | None, data: Path, ou
             cfg = None
     if cfg is None:
         recipe = {"backbone.name": settings.backbone, "mrdib.enabled": settings.mrdib, "data": str(data)}
-        cfg = load_config(None, recipe)  # data too: the presets are left out for dense data
+        cfg = load_config(None, recipe)  # data too: it picks the sparse or the dense presets
     updates: dict[str, Any] = {"data": str(data), "out": str(out), "device": settings.device}
     if settings.epochs is not None:
         updates["epochs"] = settings.epochs
