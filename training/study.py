@@ -194,6 +194,13 @@ def run_overrides(study: StudyConfig, spec: str, row: Row, point: dict[str, Any]
     }
 
 
+def run_config(study: StudyConfig, spec: str, row: Row, point: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The full TrainConfig mapping of one run: a copy of `base` with `run_overrides` laid over it."""
+    from training.config import set_dotted
+
+    return set_dotted(json.loads(json.dumps(study.base)), run_overrides(study, spec, row, point, seed))
+
+
 def dataset_slug(spec: str) -> str:
     from training.experiment import dataset_slug as slug
 
@@ -283,14 +290,12 @@ def study_jobs(
 ) -> list[Job]:
     """One job per (trial, seed); `points` maps each trial's index to its point, so a winner's final runs land
     in its own trial<k>/ folder (where its tuning run is reused), never in another trial's."""
-    from training.config import set_dotted
-
     root = Path(study.out) / study.name / dataset_slug(spec) / row.backbone / row.variant
     jobs = []
     for k, point in points.items():
         for s in seeds:
-            cfg = set_dotted(json.loads(json.dumps(study.base)), run_overrides(study, spec, row, point, s))
-            jobs.append(Job(str(root / f"trial{k}" / f"seed{s}"), cfg, study.cache_dir))
+            jobs.append(Job(str(root / f"trial{k}" / f"seed{s}"), run_config(study, spec, row, point, s),
+                            study.cache_dir))
     return jobs
 
 
@@ -450,10 +455,9 @@ def preset_of(study: StudyConfig, spec: str, row: Row, point: dict[str, Any]) ->
     """A row's winning configuration as training/presets.py holds it: the dotted settings in which the run
     differs from TrainConfig's defaults (backbone and plug-in switch, run settings, and a plain row's unused
     plug-in settings left out). Written into summary.json, so a preset is copied from there, not retyped."""
-    from training.config import TrainConfig, set_dotted
+    from training.config import TrainConfig
 
-    cfg = TrainConfig.model_validate(
-        set_dotted(json.loads(json.dumps(study.base)), run_overrides(study, spec, row, point, study.tune_seed)))
+    cfg = TrainConfig.model_validate(run_config(study, spec, row, point, study.tune_seed))
     default = TrainConfig.model_validate({"backbone": {"name": row.backbone}})
     mine, theirs = _flat(cfg.model_dump(mode="json")), _flat(default.model_dump(mode="json"))
     skip = {"backbone.name", "mrdib.enabled", *RUN_KEYS}
